@@ -1,0 +1,560 @@
+//! The endpoint: every connection on one UDP socket.
+//!
+//! An [`Endpoint`] demultiplexes datagrams by (remote address, connection id), turns
+//! SYNs into incoming connections within the configured limits, answers packets for
+//! unknown connections with a rate-limited RESET, and schedules output fairly across
+//! connections.
+//!
+//! # Calling order
+//!
+//! A driver loops:
+//!
+//! 1. [`Endpoint::handle_datagram`] for each datagram received;
+//! 2. [`Endpoint::handle_timeout`] when the time from [`Endpoint::poll_timeout`] has come;
+//! 3. application calls: [`Endpoint::connect`], [`Endpoint::write`], [`Endpoint::read`],
+//!    [`Endpoint::shutdown`], [`Endpoint::close`], [`Endpoint::abort`];
+//! 4. [`Endpoint::poll_transmit`] until it returns `None`, sending each datagram;
+//! 5. [`Endpoint::poll_event`] until it returns `None`;
+//! 6. [`Endpoint::poll_timeout`] to learn when to wake up next.
+//!
+//! Every input takes `now`; nothing here reads a clock or touches a socket.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{Config, ConfigError};
+use super::connection::{Connection, Event, StreamError};
+use super::stats::EndpointStats;
+use crate::time::Instant;
+use crate::wire::{self, Header, Micros, Packet, PacketType, SeqNr};
+
+/// Identifies a connection of an [`Endpoint`]. Handles are never reused: a handle of a
+/// connection that is gone stays invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle {
+    index: u32,
+    generation: u32,
+}
+
+/// A datagram to send, written by [`Endpoint::poll_transmit`] into the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Its length: the first `len` bytes of the buffer.
+    pub len: usize,
+}
+
+/// Why [`Endpoint::connect`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The endpoint holds `max_connections` connections already.
+    TooManyConnections,
+    /// No free connection id for this remote address (extremely unlikely).
+    NoConnectionId,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectError::TooManyConnections => "too many connections on this endpoint",
+            ConnectError::NoConnectionId => "no free connection id for this address",
+        })
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+#[derive(Debug)]
+struct Slot {
+    conn: Connection,
+    remote: SocketAddr,
+    generation: u32,
+    queued: bool,
+    deadline: Option<Instant>,
+    half_open: bool,
+}
+
+/// Most RESETs waiting to be sent; beyond it, further ones are suppressed.
+const RESET_QUEUE: usize = 64;
+
+/// All connections on one socket.
+///
+/// # Calling order
+///
+/// A driver loops: [`Endpoint::handle_datagram`] for each datagram received;
+/// [`Endpoint::handle_timeout`] when the time from [`Endpoint::poll_timeout`] has come;
+/// application calls ([`Endpoint::connect`], [`Endpoint::write`], [`Endpoint::read`],
+/// [`Endpoint::shutdown`], [`Endpoint::close`], [`Endpoint::abort`]);
+/// [`Endpoint::poll_transmit`] until `None`, sending each datagram;
+/// [`Endpoint::poll_event`] until `None`; then [`Endpoint::poll_timeout`] to learn when
+/// to wake up. Every input takes `now`; nothing here reads a clock or touches a socket.
+#[derive(Debug)]
+pub struct Endpoint {
+    config: Arc<Config>,
+    rng: ChaCha8Rng,
+    slots: Vec<Option<Slot>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    live: usize,
+    half_open: usize,
+    by_recv_id: HashMap<(SocketAddr, u16), u32>,
+    by_send_id: HashMap<(SocketAddr, u16), u32>,
+    transmit_queue: VecDeque<u32>,
+    events: VecDeque<(ConnectionHandle, Event)>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    resets: VecDeque<(SocketAddr, Header)>,
+    reset_tokens: u32,
+    reset_period_start: Option<Instant>,
+    stats: EndpointStats,
+    /// Tests pin the next initial sequence number to cover the whole 16-bit space.
+    #[cfg(test)]
+    pub(crate) isn_override: Option<u16>,
+}
+
+impl Endpoint {
+    /// An endpoint with this configuration. `seed` seeds the generator of connection
+    /// ids and initial sequence numbers: drivers pass fresh OS randomness, simulators
+    /// a fixed seed for reproducible runs.
+    pub fn new(config: Config, seed: [u8; 32]) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Endpoint {
+            reset_tokens: config.reset_limit,
+            config: Arc::new(config),
+            rng: ChaCha8Rng::from_seed(seed),
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            half_open: 0,
+            by_recv_id: HashMap::new(),
+            by_send_id: HashMap::new(),
+            transmit_queue: VecDeque::new(),
+            events: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            resets: VecDeque::new(),
+            reset_period_start: None,
+            stats: EndpointStats::default(),
+            #[cfg(test)]
+            isn_override: None,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The endpoint's counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// How many connections the endpoint holds (all states, lingering ones included).
+    pub fn connection_count(&self) -> usize {
+        self.live
+    }
+
+    /// How many incoming connections are half open.
+    pub fn half_open_count(&self) -> usize {
+        self.half_open
+    }
+
+    /// The connection behind `handle`, if it still exists.
+    pub fn connection(&self, handle: ConnectionHandle) -> Option<&Connection> {
+        self.slot(handle).map(|s| &s.conn)
+    }
+
+    /// The remote address of `handle`'s connection.
+    pub fn remote(&self, handle: ConnectionHandle) -> Option<SocketAddr> {
+        self.slot(handle).map(|s| s.remote)
+    }
+
+    /// Opens a connection to `remote`; its SYN goes out with the next
+    /// [`Endpoint::poll_transmit`], and [`Event::Connected`] (or `Closed` with
+    /// `Refused` or `TimedOut`) follows. Data may be written at once; it is sent when
+    /// the connection is established.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+    ) -> Result<ConnectionHandle, ConnectError> {
+        if self.live >= self.config.max_connections {
+            return Err(ConnectError::TooManyConnections);
+        }
+        // Checklist L4: ids are u16 arithmetic, and both of ours must be free.
+        let mut ids = None;
+        for _ in 0..64 {
+            let recv_id = self.rng.next_u32() as u16;
+            let send_id = recv_id.wrapping_add(1);
+            if !self.id_in_use(remote, recv_id) && !self.id_in_use(remote, send_id) {
+                ids = Some(recv_id);
+                break;
+            }
+        }
+        let recv_id = ids.ok_or(ConnectError::NoConnectionId)?;
+        let isn = self.next_isn();
+        let conn = Connection::connect(self.config.clone(), now, recv_id, isn);
+        Ok(self.insert(remote, conn))
+    }
+
+    /// Opens a connection with chosen ids, for tests that cover the whole id space.
+    #[cfg(test)]
+    pub(crate) fn connect_with(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        recv_id: u16,
+        isn: SeqNr,
+    ) -> ConnectionHandle {
+        let conn = Connection::connect(self.config.clone(), now, recv_id, isn);
+        self.insert(remote, conn)
+    }
+
+    fn next_isn(&mut self) -> SeqNr {
+        #[cfg(test)]
+        if let Some(isn) = self.isn_override {
+            return SeqNr(isn);
+        }
+        SeqNr(self.rng.next_u32() as u16)
+    }
+
+    /// Processes one received datagram. Malformed datagrams are counted and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_received += 1;
+        let Ok(pkt) = Packet::decode(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let id = pkt.header.conn_id;
+        match pkt.header.ty {
+            PacketType::Syn => self.handle_syn(now, from, &pkt),
+            PacketType::Reset => {
+                // Checklist X11: a RESET may name our receive id or our send id.
+                let idx = self
+                    .by_recv_id
+                    .get(&(from, id))
+                    .or_else(|| self.by_send_id.get(&(from, id)))
+                    .copied();
+                match idx {
+                    Some(idx) => self.with_conn(idx, |c| c.handle_packet(now, &pkt)),
+                    // Never answer a RESET.
+                    None => self.stats.unknown_connection += 1,
+                }
+            }
+            _ => match self.by_recv_id.get(&(from, id)).copied() {
+                Some(idx) => self.with_conn(idx, |c| c.handle_packet(now, &pkt)),
+                None => {
+                    self.stats.unknown_connection += 1;
+                    self.queue_reset(now, from, &pkt.header);
+                }
+            },
+        }
+    }
+
+    fn handle_syn(&mut self, now: Instant, from: SocketAddr, syn: &Packet<'_>) {
+        let id = syn.header.conn_id;
+        let recv_id = id.wrapping_add(1);
+        if let Some(&idx) = self.by_recv_id.get(&(from, recv_id)) {
+            // A resent SYN of a connection we know (or an id collision, D32, which the
+            // connection ignores because the SYN's seq_nr differs).
+            self.with_conn(idx, |c| c.handle_packet(now, syn));
+            return;
+        }
+        let collision = self.id_in_use(from, id) || self.id_in_use(from, recv_id);
+        if collision {
+            // D32: a colliding SYN is ignored, so that attempt fails.
+            self.stats.syns_rejected += 1;
+            return;
+        }
+        let full =
+            self.live >= self.config.max_connections || self.half_open >= self.config.max_half_open;
+        if !self.config.accept_incoming || full {
+            self.stats.syns_rejected += 1;
+            self.queue_reset(now, from, &syn.header);
+            return;
+        }
+        let isn = self.next_isn();
+        let conn = Connection::accept(self.config.clone(), now, syn, isn);
+        self.insert(from, conn);
+    }
+
+    /// Queues a RESET answering `to`'s packet, within the rate limit (checklist X10).
+    /// It is never larger than the packet it answers, so it cannot amplify.
+    fn queue_reset(&mut self, now: Instant, to: SocketAddr, h: &Header) {
+        if !self.config.reset_unknown || h.ty == PacketType::Reset {
+            return;
+        }
+        let period_over = self
+            .reset_period_start
+            .is_none_or(|start| now - start >= self.config.reset_interval);
+        if period_over {
+            self.reset_period_start = Some(now);
+            self.reset_tokens = self.config.reset_limit;
+        }
+        if self.reset_tokens == 0 || self.resets.len() >= RESET_QUEUE {
+            self.stats.resets_suppressed += 1;
+            return;
+        }
+        self.reset_tokens -= 1;
+        let reset = Header {
+            ty: PacketType::Reset,
+            conn_id: h.conn_id,
+            timestamp: Micros(now.wire_micros()),
+            timestamp_diff: Micros(0),
+            wnd_size: 0,
+            seq_nr: SeqNr(self.rng.next_u32() as u16),
+            ack_nr: h.seq_nr,
+        };
+        self.resets.push_back((to, reset));
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((deadline, idx, generation))) = self.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            let current = self.slots.get(idx as usize).and_then(Option::as_ref);
+            if current.is_some_and(|s| s.generation == generation && s.deadline == Some(deadline)) {
+                if let Some(s) = self.slots[idx as usize].as_mut() {
+                    s.deadline = None;
+                }
+                self.with_conn(idx, |c| c.handle_timeout(now));
+            }
+        }
+    }
+
+    /// The earliest time at which [`Endpoint::handle_timeout`] has work.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((deadline, idx, generation))) = self.timers.peek() {
+            let live = self
+                .slots
+                .get(idx as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.generation == generation && s.deadline == Some(deadline));
+            if live {
+                return Some(deadline);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Writes the next datagram to send into `buf`, which must hold at least
+    /// `max_packet_size` bytes. Connections take turns, one packet each.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((to, h)) = self.resets.pop_front() {
+            self.stats.resets_sent += 1;
+            self.stats.datagrams_sent += 1;
+            let len = wire::encode(&h, &[], &[], buf).ok()?;
+            return Some(Transmit {
+                destination: to,
+                len,
+            });
+        }
+        while let Some(idx) = self.transmit_queue.pop_front() {
+            let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            slot.queued = false;
+            let remote = slot.remote;
+            let sent = slot.conn.poll_transmit(now, buf);
+            // Back in the queue only if it may have more: one packet per turn.
+            self.update(idx, sent.is_some());
+            if let Some(len) = sent {
+                self.stats.datagrams_sent += 1;
+                return Some(Transmit {
+                    destination: remote,
+                    len,
+                });
+            }
+        }
+        None
+    }
+
+    /// The next event of any connection.
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        self.events.pop_front()
+    }
+
+    /// Queues data on a connection; see [`Connection`] for the semantics.
+    /// Returns how many bytes were taken; `WouldBlock` when the send buffer is full.
+    pub fn write(
+        &mut self,
+        now: Instant,
+        h: ConnectionHandle,
+        data: &[u8],
+    ) -> Result<usize, StreamError> {
+        self.app_op(h, |c| c.write(now, data))
+    }
+
+    /// Reads received data. `Ok(0)` is end of stream; `WouldBlock` means wait for
+    /// [`Event::Readable`].
+    pub fn read(
+        &mut self,
+        _now: Instant,
+        h: ConnectionHandle,
+        buf: &mut [u8],
+    ) -> Result<usize, StreamError> {
+        self.app_op(h, |c| c.read(buf))
+    }
+
+    /// Closes the sending direction (half-close): a FIN follows the queued data.
+    pub fn shutdown(&mut self, _now: Instant, h: ConnectionHandle) -> Result<(), StreamError> {
+        self.app_op(h, |c| {
+            c.shutdown();
+            Ok(())
+        })
+    }
+
+    /// Closes the connection gracefully: queued data and a FIN are delivered, incoming
+    /// data is discarded, and the connection goes once our FIN is acknowledged.
+    pub fn close(&mut self, now: Instant, h: ConnectionHandle) -> Result<(), StreamError> {
+        self.app_op(h, |c| {
+            c.close(now);
+            Ok(())
+        })
+    }
+
+    /// Ends the connection at once and sends the peer a RESET.
+    pub fn abort(&mut self, now: Instant, h: ConnectionHandle) -> Result<(), StreamError> {
+        self.app_op(h, |c| {
+            c.abort(now);
+            Ok(())
+        })
+    }
+
+    fn app_op<T>(
+        &mut self,
+        h: ConnectionHandle,
+        op: impl FnOnce(&mut Connection) -> Result<T, StreamError>,
+    ) -> Result<T, StreamError> {
+        if self.slot(h).is_none() {
+            return Err(StreamError::Closed);
+        }
+        let mut result = Err(StreamError::Closed);
+        self.with_conn(h.index, |c| result = op(c));
+        result
+    }
+
+    // ----- Bookkeeping ---------------------------------------------------------------
+
+    fn slot(&self, h: ConnectionHandle) -> Option<&Slot> {
+        self.slots
+            .get(h.index as usize)
+            .and_then(Option::as_ref)
+            .filter(|s| s.generation == h.generation)
+    }
+
+    fn id_in_use(&self, remote: SocketAddr, id: u16) -> bool {
+        self.by_recv_id.contains_key(&(remote, id)) || self.by_send_id.contains_key(&(remote, id))
+    }
+
+    fn insert(&mut self, remote: SocketAddr, conn: Connection) -> ConnectionHandle {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[index as usize];
+        self.by_recv_id.insert((remote, conn.recv_id()), index);
+        self.by_send_id.insert((remote, conn.send_id()), index);
+        self.slots[index as usize] = Some(Slot {
+            conn,
+            remote,
+            generation,
+            queued: false,
+            deadline: None,
+            half_open: false,
+        });
+        self.live += 1;
+        self.update(index, true);
+        ConnectionHandle { index, generation }
+    }
+
+    /// Runs `f` on connection `idx`, then updates queues, timers and events.
+    fn with_conn(&mut self, idx: u32, f: impl FnOnce(&mut Connection)) {
+        if let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) {
+            f(&mut slot.conn);
+            self.update(idx, true);
+        }
+    }
+
+    /// After anything happened to connection `idx`: collect its events, queue it for
+    /// output (when `may_send`), re-arm its timer, and release it when it is finished.
+    fn update(&mut self, idx: u32, may_send: bool) {
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let handle = ConnectionHandle {
+            index: idx,
+            generation: slot.generation,
+        };
+        while let Some(ev) = slot.conn.poll_event() {
+            if ev == Event::Incoming {
+                self.stats.connections_accepted += 1;
+            }
+            self.events.push_back((handle, ev));
+        }
+        let half_open = slot.conn.is_half_open();
+        if half_open != slot.half_open {
+            slot.half_open = half_open;
+            if half_open {
+                self.half_open += 1;
+            } else {
+                self.half_open -= 1;
+                if slot.conn.error().is_some() {
+                    self.stats.half_open_expired += 1;
+                }
+            }
+        }
+        if slot.conn.is_released() {
+            let slot = self.slots[idx as usize].take().expect("slot checked above");
+            self.by_recv_id.remove(&(slot.remote, slot.conn.recv_id()));
+            self.by_send_id.remove(&(slot.remote, slot.conn.send_id()));
+            self.generations[idx as usize] = slot.generation.wrapping_add(1);
+            self.free.push(idx);
+            self.live -= 1;
+            return;
+        }
+        if may_send && !slot.queued {
+            slot.queued = true;
+            self.transmit_queue.push_back(idx);
+        }
+        let deadline = slot.conn.poll_timeout();
+        if deadline != slot.deadline {
+            slot.deadline = deadline;
+            if let Some(d) = deadline {
+                self.timers.push(Reverse((d, idx, slot.generation)));
+            }
+        }
+        if self.timers.len() > 4 * self.live + 64 {
+            self.compact_timers();
+        }
+    }
+
+    /// Drops stale timer entries, so the heap stays proportional to the connections.
+    fn compact_timers(&mut self) {
+        self.timers = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                Some(Reverse((s.deadline?, i as u32, s.generation)))
+            })
+            .collect();
+    }
+}
