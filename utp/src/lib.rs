@@ -8,6 +8,8 @@
 //!   congestion control. It reads no clock and owns no socket: callers pass `now` and
 //!   datagrams in, and take datagrams, timeouts and events out.
 //! - [`time`]: the [`Instant`] type that drivers hand to the core.
+//! - [`net`] (feature `tokio`, on by default): `UtpSocket` and `UtpStream`, the async
+//!   API over one UDP socket.
 //!
 //! A driver feeds the core datagrams and time, and sends what it produces:
 //!
@@ -27,6 +29,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+pub mod net;
 pub mod proto;
 pub mod time;
 pub mod wire;

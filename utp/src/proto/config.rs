@@ -55,9 +55,12 @@ pub struct Config {
     pub max_reorder_packets: u16,
     /// The congestion controller. Default: LEDBAT with RFC 6817 parameters.
     pub congestion: CongestionConfig,
-    /// Most connections an endpoint holds at once (all states). Default 1024.
+    /// Most connections an endpoint holds at once (all states). Beyond it, `connect`
+    /// fails and incoming SYNs are refused with a RESET. Default 1024 (the original
+    /// uTorrent client allowed 5 per socket; a library serves many peers).
     pub max_connections: usize,
-    /// Most incoming connections that may be half open at once. Default 64.
+    /// Most incoming connections that may be half open at once; further SYNs are
+    /// dropped silently (their senders retry), as a full TCP SYN backlog does. Default 64.
     pub max_half_open: usize,
     /// Most established incoming connections waiting to be accepted. Default 128.
     pub accept_queue: usize,

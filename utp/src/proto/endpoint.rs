@@ -80,6 +80,8 @@ struct Slot {
     queued: bool,
     deadline: Option<Instant>,
     half_open: bool,
+    /// The application took this connection's `Closed` event.
+    closed_polled: bool,
 }
 
 /// Most RESETs waiting to be sent; beyond it, further ones are suppressed.
@@ -111,6 +113,9 @@ pub struct Endpoint {
     events: VecDeque<(ConnectionHandle, Event)>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     resets: VecDeque<(SocketAddr, Header)>,
+    /// A finished connection whose `Closed` event was just taken: freed at the next
+    /// `poll_event`, so the caller can still read its final state and statistics.
+    free_next: Option<u32>,
     reset_tokens: u32,
     reset_period_start: Option<Instant>,
     stats: EndpointStats,
@@ -140,6 +145,7 @@ impl Endpoint {
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
             resets: VecDeque::new(),
+            free_next: None,
             reset_period_start: None,
             stats: EndpointStats::default(),
             #[cfg(test)]
@@ -150,6 +156,12 @@ impl Endpoint {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Starts or stops accepting incoming connections ([`Config::accept_incoming`]).
+    /// Connections that exist are not affected.
+    pub fn set_accept_incoming(&mut self, accept: bool) {
+        Arc::make_mut(&mut self.config).accept_incoming = accept;
     }
 
     /// The endpoint's counters.
@@ -274,9 +286,14 @@ impl Endpoint {
             self.stats.syns_rejected += 1;
             return;
         }
-        let full =
-            self.live >= self.config.max_connections || self.half_open >= self.config.max_half_open;
-        if !self.config.accept_incoming || full {
+        if self.half_open >= self.config.max_half_open {
+            // Like a full TCP SYN backlog: drop silently; a real client resends its SYN
+            // and gets in once handshakes complete, a flood gets nothing back.
+            self.stats.syns_rejected += 1;
+            return;
+        }
+        if !self.config.accept_incoming || self.live >= self.config.max_connections {
+            // Refused: the connector learns at once (checklist L6).
             self.stats.syns_rejected += 1;
             self.queue_reset(now, from, &syn.header);
             return;
@@ -382,8 +399,30 @@ impl Endpoint {
     }
 
     /// The next event of any connection.
+    ///
+    /// After [`Event::Closed`], the connection stays readable through
+    /// [`Endpoint::connection`] until the next call of this method; a finished
+    /// connection is freed only once its `Closed` event has been taken.
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
-        self.events.pop_front()
+        if let Some(idx) = self.free_next.take() {
+            self.free_slot(idx);
+        }
+        let (h, ev) = self.events.pop_front()?;
+        if let Event::Closed(_) = ev {
+            if let Some(slot) = self
+                .slots
+                .get_mut(h.index as usize)
+                .and_then(Option::as_mut)
+            {
+                if slot.generation == h.generation {
+                    slot.closed_polled = true;
+                    if slot.conn.is_released() {
+                        self.free_next = Some(h.index);
+                    }
+                }
+            }
+        }
+        Some((h, ev))
     }
 
     /// Queues data on a connection; see [`Connection`] for the semantics.
@@ -478,6 +517,7 @@ impl Endpoint {
             queued: false,
             deadline: None,
             half_open: false,
+            closed_polled: false,
         });
         self.live += 1;
         self.update(index, true);
@@ -521,12 +561,10 @@ impl Endpoint {
             }
         }
         if slot.conn.is_released() {
-            let slot = self.slots[idx as usize].take().expect("slot checked above");
-            self.by_recv_id.remove(&(slot.remote, slot.conn.recv_id()));
-            self.by_send_id.remove(&(slot.remote, slot.conn.send_id()));
-            self.generations[idx as usize] = slot.generation.wrapping_add(1);
-            self.free.push(idx);
-            self.live -= 1;
+            slot.deadline = None;
+            if slot.closed_polled && self.free_next != Some(idx) {
+                self.free_slot(idx);
+            }
             return;
         }
         if may_send && !slot.queued {
@@ -543,6 +581,18 @@ impl Endpoint {
         if self.timers.len() > 4 * self.live + 64 {
             self.compact_timers();
         }
+    }
+
+    /// Forgets a finished connection; its handle becomes invalid.
+    fn free_slot(&mut self, idx: u32) {
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
+            return;
+        };
+        self.by_recv_id.remove(&(slot.remote, slot.conn.recv_id()));
+        self.by_send_id.remove(&(slot.remote, slot.conn.send_id()));
+        self.generations[idx as usize] = slot.generation.wrapping_add(1);
+        self.free.push(idx);
+        self.live -= 1;
     }
 
     /// Drops stale timer entries, so the heap stays proportional to the connections.

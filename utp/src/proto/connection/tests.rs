@@ -380,11 +380,13 @@ fn half_open_expires() {
     assert_eq!(s.ep.stats().half_open_expired, 1);
 }
 
-// Half-open limit: SYNs beyond it are refused with a RESET.
+// Half-open limit: SYNs beyond it are dropped silently (no reply to a flood); a full
+// connection table refuses with a RESET.
 #[test]
-fn half_open_limit_refuses() {
+fn half_open_and_connection_limits() {
     let mut s = Script::new(Config {
         max_half_open: 2,
+        max_connections: 3,
         ..Config::default()
     });
     for id in [10u16, 20, 30] {
@@ -393,10 +395,26 @@ fn half_open_limit_refuses() {
     }
     assert_eq!(s.ep.half_open_count(), 2);
     let out = s.sent();
-    let resets: Vec<_> = out.iter().filter(|o| o.h.ty == PacketType::Reset).collect();
-    assert_eq!(resets.len(), 1);
-    assert_eq!(resets[0].h.conn_id, 30);
-    assert_eq!(resets[0].h.ack_nr, SeqNr(1));
+    assert_eq!(out.len(), 2, "two SYN-ACKs, nothing for the third SYN");
+    assert!(out.iter().all(|o| o.h.ty == PacketType::State));
+    assert_eq!(s.ep.stats().syns_rejected, 1);
+    // Complete both handshakes, so the half-open slots free; then fill the table.
+    for (id, answer) in [(11u16, &out[0]), (21, &out[1])] {
+        let proof = s.header(PacketType::Data, id, 2, answer.h.seq_nr.0.wrapping_sub(1));
+        s.recv(proof, &[], b"x");
+    }
+    assert_eq!(s.ep.half_open_count(), 0);
+    let syn = s.header(PacketType::Syn, 40, 1, 0);
+    s.recv(syn, &[], &[]);
+    assert_eq!(s.ep.connection_count(), 3);
+    s.sent();
+    let syn = s.header(PacketType::Syn, 50, 7, 0);
+    s.recv(syn, &[], &[]);
+    let out = s.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].h.ty, PacketType::Reset, "table full: refused");
+    assert_eq!(out[0].h.conn_id, 50);
+    assert_eq!(out[0].h.ack_nr, SeqNr(7));
 }
 
 // D32: a SYN whose ids collide with an existing connection is ignored.

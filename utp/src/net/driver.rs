@@ -1,0 +1,282 @@
+//! The event loop of one UDP socket, and the state it shares with stream handles.
+//!
+//! One task per socket owns the socket and runs [`drive`]: it receives datagrams (a
+//! bounded batch per wake-up), runs timers (one sleep at the earliest deadline), sends
+//! what the endpoint produces (a bounded batch per wake-up), and turns endpoint events
+//! into wake-ups of the tasks waiting on streams. Stream handles operate on the
+//! endpoint directly under a short lock and wake the loop through a [`Notify`]; there
+//! are no channels and no task per connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use tokio::sync::Notify;
+
+use super::datagram::DatagramSocket;
+use crate::proto::{ConnectionError, ConnectionHandle, ConnectionStats, Endpoint, Event};
+use crate::time::Instant;
+
+/// Datagrams received per wake-up before timers and output get their turn.
+const RECV_BATCH: usize = 64;
+/// Datagrams sent per wake-up before input gets its turn.
+const SEND_BATCH: usize = 128;
+/// Largest datagram we accept.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// What the stream handles of one connection wait for.
+#[derive(Debug, Default)]
+pub(crate) struct ConnSlot {
+    pub read: Option<Waker>,
+    pub write: Option<Waker>,
+    pub connect: Option<Waker>,
+    pub shutdown: Option<Waker>,
+    pub connected: bool,
+    pub send_closed: bool,
+    /// `Some` once the connection ended: `None` inside for a clean close.
+    pub closed: Option<Option<ConnectionError>>,
+    /// Live stream handles (0 for an incoming connection not yet accepted).
+    pub handles: u32,
+    /// The statistics when the connection ended.
+    pub final_stats: Option<ConnectionStats>,
+}
+
+impl ConnSlot {
+    fn wake_all(&mut self) {
+        for w in [
+            &mut self.read,
+            &mut self.write,
+            &mut self.connect,
+            &mut self.shutdown,
+        ] {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Everything behind the lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub ep: Endpoint,
+    pub conns: HashMap<ConnectionHandle, ConnSlot>,
+    pub accept_queue: VecDeque<(ConnectionHandle, SocketAddr)>,
+    pub accept_waker: Option<Waker>,
+    /// Live `UtpSocket` handles; when none remain, incoming connections are refused.
+    pub socket_handles: usize,
+    /// Set when the socket failed; every operation reports it.
+    pub failure: Option<(io::ErrorKind, String)>,
+}
+
+/// State shared by the driver task and every handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the driver: new data to send, a connection to open, a handle dropped.
+    pub notify: Notify,
+    epoch: tokio::time::Instant,
+    pub local_addr: SocketAddr,
+}
+
+impl Shared {
+    pub fn new(ep: Endpoint, local_addr: SocketAddr) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                ep,
+                conns: HashMap::new(),
+                accept_queue: VecDeque::new(),
+                accept_waker: None,
+                socket_handles: 1,
+                failure: None,
+            }),
+            notify: Notify::new(),
+            epoch: tokio::time::Instant::now(),
+            local_addr,
+        }
+    }
+
+    /// Locks the state. A panic while locked cannot leave the endpoint half updated in
+    /// a way that matters more than the panic itself, so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The core's notion of now: microseconds since this socket was created, from
+    /// tokio's clock (virtual under turmoil or a paused runtime).
+    pub fn now(&self) -> Instant {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        Instant::from_micros(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn to_tokio(&self, t: Instant) -> tokio::time::Instant {
+        self.epoch + core::time::Duration::from_micros(t.as_micros())
+    }
+}
+
+impl State {
+    /// Turns endpoint events into wake-ups and bookkeeping.
+    fn dispatch_events(&mut self, now: Instant) {
+        while let Some((h, ev)) = self.ep.poll_event() {
+            if ev == Event::Incoming {
+                let room = self.accept_queue.len() < self.ep.config().accept_queue;
+                match self.ep.remote(h) {
+                    Some(remote) if room && self.socket_handles > 0 => {
+                        self.conns.insert(
+                            h,
+                            ConnSlot {
+                                connected: true,
+                                ..ConnSlot::default()
+                            },
+                        );
+                        self.accept_queue.push_back((h, remote));
+                        if let Some(w) = self.accept_waker.take() {
+                            w.wake();
+                        }
+                    }
+                    _ => {
+                        let _ = self.ep.abort(now, h);
+                    }
+                }
+                continue;
+            }
+            let stats = self.ep.connection(h).map(|c| c.stats());
+            let Some(slot) = self.conns.get_mut(&h) else {
+                continue;
+            };
+            match ev {
+                Event::Connected => {
+                    slot.connected = true;
+                    if let Some(w) = slot.connect.take() {
+                        w.wake();
+                    }
+                }
+                Event::Readable | Event::Finished => {
+                    if let Some(w) = slot.read.take() {
+                        w.wake();
+                    }
+                }
+                Event::Writable => {
+                    if let Some(w) = slot.write.take() {
+                        w.wake();
+                    }
+                }
+                Event::SendClosed => {
+                    slot.send_closed = true;
+                    if let Some(w) = slot.shutdown.take() {
+                        w.wake();
+                    }
+                }
+                Event::Closed(e) => {
+                    slot.closed = Some(e);
+                    slot.final_stats = stats;
+                    slot.wake_all();
+                    let queued = self.accept_queue.iter().any(|(q, _)| *q == h);
+                    if slot.handles == 0 && !queued {
+                        self.conns.remove(&h);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        self.failure = Some((e.kind(), e.to_string()));
+        for slot in self.conns.values_mut() {
+            slot.wake_all();
+        }
+        if let Some(w) = self.accept_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Runs the socket until every handle is gone and every connection has finished.
+pub(crate) async fn drive<S: DatagramSocket>(shared: Arc<Shared>, socket: S) {
+    let mut recv_buf = vec![0u8; MAX_DATAGRAM];
+    let mut send_buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        // Timers, output and events, under one short lock; the clock is read once.
+        let mut blocked: Option<(SocketAddr, usize)> = None;
+        let deadline = {
+            let mut st = shared.lock();
+            let now = shared.now();
+            st.ep.handle_timeout(now);
+            let mut sent = 0;
+            while sent < SEND_BATCH {
+                let Some(t) = st.ep.poll_transmit(now, &mut send_buf) else {
+                    break;
+                };
+                sent += 1;
+                match socket.try_send_to(&send_buf[..t.len], t.destination) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = Some((t.destination, t.len));
+                        break;
+                    }
+                    // A datagram that cannot be sent (unreachable address, message too
+                    // long) is lost like any other; the protocol recovers.
+                    Err(_) => {}
+                }
+            }
+            if sent == SEND_BATCH {
+                // More may be waiting: come back after a look at the input.
+                shared.notify.notify_one();
+            }
+            st.dispatch_events(now);
+            let finished = Arc::strong_count(&shared) == 1 && st.ep.connection_count() == 0;
+            if finished || st.failure.is_some() {
+                return;
+            }
+            st.ep.poll_timeout().map(|t| shared.to_tokio(t))
+        };
+        if let Some((to, len)) = blocked {
+            // The kernel buffer is full: wait for room for this one datagram.
+            let _ = socket.send_to(&send_buf[..len], to).await;
+            continue;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = socket.recv_from(&mut recv_buf) => {
+                let mut st = shared.lock();
+                let now = shared.now();
+                match r {
+                    Ok((n, from)) => st.ep.handle_datagram(now, from, &recv_buf[..n]),
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => {
+                        st.fail(&e);
+                        return;
+                    }
+                }
+                for _ in 1..RECV_BATCH {
+                    match socket.try_recv_from(&mut recv_buf) {
+                        Ok((n, from)) => st.ep.handle_datagram(now, from, &recv_buf[..n]),
+                        Err(e) if is_transient(&e) => continue,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = shared.notify.notified() => {}
+            _ = sleep => {}
+        }
+    }
+}
+
+/// Errors a UDP socket reports that do not mean it is broken (ICMP feedback).
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

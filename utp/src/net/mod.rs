@@ -1,0 +1,54 @@
+//! The tokio driver: [`UtpSocket`] and [`UtpStream`].
+//!
+//! One UDP socket carries every connection made or accepted on it; one background task
+//! per socket runs the sans-IO [`crate::proto::Endpoint`]. The driver is generic over
+//! [`DatagramSocket`], so the same code runs on `tokio::net::UdpSocket` and on a
+//! simulated socket in deterministic tests.
+
+mod datagram;
+mod driver;
+mod socket;
+mod stream;
+
+use std::io;
+
+pub use datagram::DatagramSocket;
+pub use socket::{Incoming, UtpSocket};
+pub use stream::{OwnedReadHalf, OwnedWriteHalf, ReadHalf, UtpStream, WriteHalf};
+
+use crate::proto::{ConnectionError, StreamError};
+use driver::State;
+
+/// The `io::Error` for a connection that ended (`None`: cleanly).
+fn closed_error(closed: Option<ConnectionError>) -> io::Error {
+    match closed {
+        None => io::Error::new(io::ErrorKind::NotConnected, "uTP connection closed"),
+        Some(e) => {
+            let kind = match e {
+                ConnectionError::Refused => io::ErrorKind::ConnectionRefused,
+                ConnectionError::Reset => io::ErrorKind::ConnectionReset,
+                ConnectionError::TimedOut => io::ErrorKind::TimedOut,
+                _ => io::ErrorKind::ConnectionAborted,
+            };
+            io::Error::new(kind, e)
+        }
+    }
+}
+
+fn stream_error(e: StreamError) -> io::Error {
+    match e {
+        StreamError::WouldBlock => io::ErrorKind::WouldBlock.into(),
+        StreamError::SendClosed => {
+            io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown")
+        }
+        StreamError::Failed(e) => closed_error(Some(e)),
+        _ => closed_error(None),
+    }
+}
+
+/// The error every operation reports once the UDP socket failed.
+fn failure_error(st: &State) -> Option<io::Error> {
+    st.failure
+        .as_ref()
+        .map(|(kind, msg)| io::Error::new(*kind, format!("uTP socket failed: {msg}")))
+}
