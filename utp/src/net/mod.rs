@@ -4,6 +4,37 @@
 //! per socket runs the sans-IO [`crate::proto::Endpoint`]. The driver is generic over
 //! [`DatagramSocket`], so the same code runs on `tokio::net::UdpSocket` and on a
 //! simulated socket in deterministic tests.
+//!
+//! libutp's interface is callback-driven: `on_read` fires as bytes arrive, and the
+//! application pushes data with `utp_write`. Here the same roles are `AsyncRead` and
+//! `AsyncWrite` on a [`UtpStream`]. libutp's examples (`utp_file`, `ucat`) move a file
+//! from one socket to another; in Rust, on loopback:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use utp::net::UtpSocket;
+//!
+//! let receiver = UtpSocket::bind("127.0.0.1:0").await?;
+//! let sender = UtpSocket::bind("127.0.0.1:0").await?;
+//! let file: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+//!
+//! let addr = receiver.local_addr()?;
+//! let receiving = tokio::spawn(async move {
+//!     let (mut stream, _peer) = receiver.accept().await?;
+//!     let mut got = Vec::new();
+//!     stream.read_to_end(&mut got).await?; // until the sender's FIN
+//!     std::io::Result::Ok(got)
+//! });
+//!
+//! let mut stream = sender.connect(addr).await?;
+//! stream.write_all(&file).await?;
+//! stream.shutdown().await?; // FIN; done when the receiver acknowledged everything
+//! assert_eq!(receiving.await.unwrap()?, file);
+//! # Ok(())
+//! # }
+//! ```
 
 mod datagram;
 mod driver;
