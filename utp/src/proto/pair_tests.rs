@@ -262,20 +262,37 @@ proptest! {
         prop_assert!(app_a.received == app_b.to_send);
     }
 
-    /// No sequence of datagrams makes an endpoint panic.
+    /// No sequence of datagrams makes an endpoint panic, including crafted packets that
+    /// reach a live connection (valid version, its connection id, arbitrary fields,
+    /// extensions and payload).
     #[test]
-    fn arbitrary_datagrams_never_panic(datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..64)) {
+    fn arbitrary_datagrams_never_panic(
+        datagrams in proptest::collection::vec(
+            (any::<bool>(), 0u8..5, proptest::collection::vec(any::<u8>(), 18..120)),
+            0..64,
+        ),
+    ) {
         let mut p = Pair::default_pair(9);
         let (ha, _) = p.establish();
+        let recv_id = p.a.connection(ha).unwrap().recv_id();
         let from = p.b_addr;
-        for (i, d) in datagrams.iter().enumerate() {
-            let now = p.now + Duration::from_millis(i as u64);
-            p.a.handle_datagram(now, from, d);
+        for (i, (targeted, ty, body)) in datagrams.iter().enumerate() {
+            let mut d = body.clone();
+            if *targeted {
+                d[0] = (ty << 4) | 1;
+                d[2..4].copy_from_slice(&recv_id.to_be_bytes());
+            }
+            let now = p.now + Duration::from_millis(i as u64 * 7);
+            p.a.handle_datagram(now, from, &d);
             p.a.handle_timeout(now);
             let mut buf = [0u8; 2048];
             while p.a.poll_transmit(now, &mut buf).is_some() {}
+            while p.a.poll_event().is_some() {}
         }
-        let _ = p.a.connection(ha);
+        let later = p.now + Duration::from_secs(600);
+        p.a.handle_timeout(later);
+        let mut buf = [0u8; 2048];
+        while p.a.poll_transmit(later, &mut buf).is_some() {}
     }
 }
 

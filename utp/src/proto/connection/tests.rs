@@ -268,9 +268,11 @@ fn syn_retries_back_off_then_time_out() {
         vec![0, 1000, 3000, 7000],
         "1 s, then doubling (G47, G48)"
     );
-    assert!(sent
-        .iter()
-        .all(|(_, o)| o.h.ty == PacketType::Syn && o.h.seq_nr == sent[0].1.h.seq_nr));
+    // C23: every resend is the same SYN, with the same connection id.
+    let first = sent[0].1.h;
+    assert!(sent.iter().all(|(_, o)| o.h.ty == PacketType::Syn
+        && o.h.seq_nr == first.seq_nr
+        && o.h.conn_id == first.conn_id));
     assert!(s.has_event(h, Event::Closed(Some(ConnectionError::TimedOut))));
     assert!(s.ep.connection(h).is_none(), "released");
 }
@@ -981,4 +983,34 @@ fn stray_packets_and_reset_rate_limit() {
     let (now, peer) = (s.now, s.peer);
     s.ep.handle_datagram(now, peer, &[0x41, 3, 0, 0]);
     assert_eq!(s.ep.stats().malformed, 1);
+}
+
+// L14: a loss early in the connection is recovered without shrinking the packets (libutp
+// takes it for an MTU limit and drops from 1402 to 988 bytes).
+#[test]
+fn early_loss_does_not_shrink_packets() {
+    let mut s = Script::fixed();
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    let now = s.now;
+    s.ep.write(now, h, &[4u8; 1380 * 8]).unwrap();
+    let first = s.sent();
+    assert_eq!(first.len(), 8);
+    // The very first data packet (11) is lost: three duplicate ACKs of 10.
+    for _ in 0..3 {
+        let dup = s.header(PacketType::State, 1, 100, 10);
+        s.recv(dup, &[], &[]);
+    }
+    let resent = s.sent();
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].payload.len(), 1380, "resent at full size");
+    let ack = s.header(PacketType::State, 1, 100, 18);
+    s.recv(ack, &[], &[]);
+    let now = s.now;
+    s.ep.write(now, h, &[5u8; 1380 * 4]).unwrap();
+    let later = s.sent();
+    assert_eq!(later.len(), 4);
+    assert!(
+        later.iter().all(|o| o.payload.len() == 1380),
+        "full-size packets after the loss"
+    );
 }
