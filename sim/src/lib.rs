@@ -1,12 +1,24 @@
-//! A deterministic network simulator for uTP.
+//! A deterministic network simulator for uTP and LEDBAT.
 //!
-//! Runs the sans-IO core directly in virtual time over modelled links, with one seeded
-//! generator behind every random choice: the same seed gives the same run. This first
-//! version has a bottleneck link (rate, drop-tail queue, delay, random loss) and a
-//! one-flow bulk-transfer scenario; the full simulator is issue 4.
+//! Runs the sans-IO core ([`utp::proto::Endpoint`]) directly, in virtual time with
+//! microsecond resolution, over modelled links ([`link`]): rate-limited queues
+//! (drop-tail, RED, CoDel), delay, jitter, random and bursty loss, duplication,
+//! reordering, MTU and changes over time. Competing traffic comes from a TCP NewReno
+//! model and constant-rate UDP ([`nodes`]). One seed drives every random choice: the
+//! same seed gives the same run, byte for byte ([`pcap`]).
+//!
+//! - [`scenario`]: what to simulate (TOML or built-in by name) and [`scenario::run`].
+//! - [`metrics`]: per-flow and per-link time series, goodput, Jain's fairness index.
+//! - [`report`]: the printed report, CSV and SVG outputs.
 
+pub mod engine;
 pub mod link;
+pub mod metrics;
+pub mod nodes;
+pub mod pcap;
+pub mod report;
+pub mod rng;
 pub mod scenario;
+pub mod sweep;
 
-pub use link::{Fate, Link, LinkConfig};
-pub use scenario::{run, Report, Scenario, SimError};
+pub use scenario::{run, RunResult, Scenario};

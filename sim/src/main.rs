@@ -1,114 +1,236 @@
-//! `utp-sim`: run a uTP bulk transfer over a simulated bottleneck and print a report.
+//! `utp-sim`: simulate uTP/LEDBAT experiments deterministically and report on them.
 //!
-//! With no arguments it runs the default scenario (8 MiB over 10 Mbit/s, 25 ms one way,
-//! 250 KB queue, 0.1 % loss). Options override single parameters; the seed can also
-//! come from the `UTP_SIM_SEED` environment variable.
+//! ```text
+//! utp-sim                                run the default scenario ("alone")
+//! utp-sim list                           list the built-in scenarios and parameters
+//! utp-sim run NAME|FILE.toml [options]   run one scenario
+//! utp-sim sweep NAME|FILE.toml --vary P=v1,v2,... [--vary ...] [options]
+//!
+//! options: --seed N         the seed (also UTP_SIM_SEED)
+//!          --set P=V        set a parameter (see `list`)
+//!          --out DIR        write report.txt, flows.csv, links.csv, *.svg, trace.pcap
+//!          --jobs N         parallel runs for a sweep (default: all cores)
+//! ```
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use utp_sim::{run, Scenario};
+use utp_sim::report;
+use utp_sim::scenario::{self, Scenario, BUILT_IN};
+use utp_sim::sweep::{self, PARAMETERS};
 
-const USAGE: &str = "usage: utp-sim [--seed N] [--bytes N] [--rate-mbit F] [--delay-ms N] \
-[--queue-kb N] [--loss PERCENT] [--profile default|libutp|libtorrent]";
+const USAGE: &str =
+    "usage: utp-sim [list | run NAME|FILE.toml | sweep NAME|FILE.toml --vary P=v1,v2,..] \
+[--seed N] [--set P=V] [--out DIR] [--jobs N]";
 
-fn parse(args: &[String]) -> Result<Scenario, String> {
-    let mut s = Scenario::default();
+struct Args {
+    command: String,
+    scenario: String,
+    seed: Option<u64>,
+    sets: Vec<(String, f64)>,
+    vary: Vec<(String, Vec<f64>)>,
+    out: Option<PathBuf>,
+    jobs: usize,
+}
+
+fn number(p: &str, v: &str) -> Result<f64, String> {
+    v.trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{p} takes numbers, got {v:?}"))
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        command: "run".into(),
+        scenario: "alone".into(),
+        seed: None,
+        sets: Vec::new(),
+        vary: Vec::new(),
+        out: None,
+        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     if let Ok(seed) = std::env::var("UTP_SIM_SEED") {
-        s.seed = seed
-            .parse()
-            .map_err(|_| format!("UTP_SIM_SEED must be an integer, got {seed:?}"))?;
+        a.seed = Some(
+            seed.parse()
+                .map_err(|_| format!("UTP_SIM_SEED must be an integer, got {seed:?}"))?,
+        );
     }
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(USAGE.to_string());
+    let mut it = args.iter().peekable();
+    if let Some(cmd) = it.peek() {
+        if !cmd.starts_with('-') {
+            a.command = it.next().expect("peeked").clone();
+            if a.command != "list" {
+                if let Some(name) = it.peek().filter(|s| !s.starts_with('-')) {
+                    a.scenario = name.to_string();
+                    it.next();
+                }
+            }
         }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))?;
-        let num = |what: &str| -> Result<f64, String> {
-            value
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| format!("{flag} takes {what}, got {value:?}"))
+    }
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))
         };
         match flag.as_str() {
             "--seed" => {
-                s.seed = value
+                let v = value()?;
+                a.seed = Some(
+                    v.parse()
+                        .map_err(|_| format!("--seed takes an integer, got {v:?}"))?,
+                );
+            }
+            "--set" => {
+                let v = value()?;
+                let (p, x) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--set takes P=V, got {v:?}"))?;
+                a.sets.push((p.to_string(), number(p, x)?));
+            }
+            "--vary" => {
+                let v = value()?;
+                let (p, xs) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--vary takes P=v1,v2,..., got {v:?}"))?;
+                let values = xs
+                    .split(',')
+                    .map(|x| number(p, x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                a.vary.push((p.to_string(), values));
+            }
+            "--out" => a.out = Some(PathBuf::from(value()?)),
+            "--jobs" => {
+                let v = value()?;
+                a.jobs = v
                     .parse()
-                    .map_err(|_| format!("--seed takes an integer, got {value:?}"))?
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--jobs takes a positive integer, got {v:?}"))?;
             }
-            "--bytes" => s.bytes = num("a byte count")? as usize,
-            "--rate-mbit" => {
-                let r = num("a rate in Mbit/s")?;
-                if r < 0.01 {
-                    return Err(format!("--rate-mbit must be at least 0.01, got {value}"));
-                }
-                s.forward.rate_bps = (r * 1e6) as u64;
-                s.reverse.rate_bps = (r * 1e6) as u64;
-            }
-            "--delay-ms" => {
-                let d = Duration::from_micros((num("milliseconds")? * 1000.0) as u64);
-                s.forward.delay = d;
-                s.reverse.delay = d;
-            }
-            "--queue-kb" => s.forward.queue_bytes = (num("kilobytes")? * 1000.0) as u64,
-            "--loss" => {
-                let l = num("a percentage")?;
-                if l >= 100.0 {
-                    return Err(format!("--loss must be below 100 percent, got {value}"));
-                }
-                s.forward.loss = l / 100.0;
-            }
-            "--profile" => {
-                s.config = match value.as_str() {
-                    "default" => utp::Config::default(),
-                    "libutp" => utp::Config::libutp(),
-                    "libtorrent" => utp::Config::libtorrent(),
-                    other => {
-                        return Err(format!(
-                            "--profile takes default, libutp or libtorrent, got {other:?}"
-                        ))
-                    }
-                }
-            }
+            "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other:?}; {USAGE}")),
         }
     }
-    Ok(s)
+    if !["run", "list", "sweep"].contains(&a.command.as_str()) {
+        return Err(format!("unknown command {:?}; {USAGE}", a.command));
+    }
+    Ok(a)
+}
+
+fn load(name: &str) -> Result<Scenario, String> {
+    if name.ends_with(".toml") || name.contains('/') {
+        let text = std::fs::read_to_string(name).map_err(|e| format!("cannot read {name}: {e}"))?;
+        return Scenario::from_toml(&text).map_err(|e| format!("{name}: {e}"));
+    }
+    Scenario::built_in(name).ok_or_else(|| {
+        let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
+        format!(
+            "no scenario {name:?}: built-in ones are {} (or give a .toml file)",
+            names.join(", ")
+        )
+    })
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let scenario = match parse(&args) {
-        Ok(s) => s,
+    match real_main(&args) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("utp-sim: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    println!(
-        "utp-sim: one uTP flow (LEDBAT) over a simulated bottleneck; seed {}",
-        scenario.seed
-    );
-    let wall = std::time::Instant::now();
-    match run(&scenario) {
-        Ok(report) => {
-            println!("{report}");
-            let secs = wall.elapsed().as_secs_f64();
-            println!(
-                "wall time            {:.3} s ({:.0}x real time, {:.2} M datagrams/s)",
-                secs,
-                report.duration.as_secs_f64() / secs.max(1e-9),
-                report.datagrams as f64 / secs.max(1e-9) / 1e6
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("utp-sim: {e} (seed {})", scenario.seed);
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
+}
+
+fn real_main(args: &[String]) -> Result<ExitCode, String> {
+    let a = parse(args)?;
+    if a.command == "list" {
+        println!("built-in scenarios:");
+        for (n, d) in BUILT_IN {
+            println!("  {n:<10} {d}");
+        }
+        println!("\nparameters for --set and --vary:");
+        for (n, d) in PARAMETERS {
+            println!("  {n:<18} {d}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut s = load(&a.scenario)?;
+    if let Some(seed) = a.seed {
+        s.seed = seed;
+    }
+    for (p, v) in &a.sets {
+        sweep::set(&mut s, p, *v)?;
+    }
+    s.validate()?;
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if a.command == "sweep" {
+        if a.vary.is_empty() {
+            return Err("sweep needs at least one --vary P=v1,v2,...".into());
+        }
+        eprintln!(
+            "utp-sim: sweeping {} (seed {}) on {} threads",
+            s.name, s.seed, a.jobs
+        );
+        let progress = |done: usize, total: usize| {
+            let width = 40;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total}",
+                "=".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        };
+        let rows = sweep::sweep(&s, &a.vary, a.jobs, &progress)?;
+        print!("{}", sweep::table(&rows));
+        if let Some(dir) = &a.out {
+            write(dir.join("sweep.csv"), sweep::csv(&rows))?;
+            write(dir.join("sweep.svg"), sweep::plot(&rows))?;
+            eprintln!(
+                "utp-sim: wrote sweep.csv and sweep.svg to {}",
+                dir.display()
+            );
+        }
+        let failed = rows.iter().any(|r| r.failure.is_some());
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let wall = std::time::Instant::now();
+    let r = scenario::run(&s, a.out.is_some())?;
+    let secs = wall.elapsed().as_secs_f64().max(1e-9);
+    let text = report::text(&r);
+    print!("{text}");
+    println!(
+        "wall time   {secs:.2} s: {:.0}x real time, {:.2} M datagrams/s",
+        r.simulated.as_secs_f64() / secs,
+        r.datagrams as f64 / secs / 1e6
+    );
+    if let Some(dir) = &a.out {
+        write(dir.join("report.txt"), text.clone())?;
+        report::write_csv(&r, dir).map_err(|e| format!("cannot write CSV: {e}"))?;
+        report::write_plots(&r, dir).map_err(|e| format!("cannot write plots: {e}"))?;
+        if let Some(p) = &r.pcap {
+            std::fs::write(dir.join("trace.pcap"), p)
+                .map_err(|e| format!("cannot write pcap: {e}"))?;
+        }
+        eprintln!("utp-sim: wrote report.txt, flows.csv, links.csv, throughput.svg, window.svg, delay.svg, trace.pcap to {}", dir.display());
+    }
+    Ok(if r.failure.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write(path: PathBuf, text: String) -> Result<(), String> {
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -1,353 +1,707 @@
-//! A bulk-transfer scenario: one uTP flow over a bottleneck link, in virtual time.
+//! Scenarios: what a researcher describes (in TOML, or by name), and how it runs.
+//!
+//! The topology is a dumbbell: every flow's sender reaches its receiver through its
+//! own access link (an extra one-way delay, to give flows different base delays),
+//! then the shared `forward` bottleneck; acknowledgements come back through the shared
+//! `reverse` link and the access link. Links may change over time (`[[changes]]`).
+//!
+//! ```toml
+//! name = "yield"
+//! duration_s = 60
+//! [forward]
+//! rate_bps = 10000000
+//! delay_ms = 25
+//! queue = { bytes = 250000 }
+//! [[flows]]
+//! kind = "utp"
+//! [[flows]]
+//! kind = "tcp"
+//! start_s = 20
+//! stop_s = 40
+//! ```
 
-use core::fmt;
 use core::time::Duration;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use utp::proto::{ConnectionStats, Endpoint, Event, StreamError};
+use serde::{Deserialize, Serialize};
+use utp::proto::congestion::{CongestionConfig, LedbatConfig};
 use utp::{Config, Instant};
 
-use crate::link::{Fate, Link, LinkConfig};
+use crate::engine::{LinkChange, Network, NodeId};
+use crate::link::{Link, LinkConfig, LossModel, QueueLimit};
+use crate::metrics::{jain, Recorder};
+use crate::nodes::{CbrNode, CbrSpec, TcpNode, TcpSpec, UtpNode, UtpSendSpec};
+use crate::rng::SimRng;
 
-/// One flow of `bytes` from A to B over `forward`, ACKs back over `reverse`.
-#[derive(Clone, Debug)]
+/// Serde helpers: a `Duration` written as (fractional) milliseconds.
+pub mod millis {
+    use core::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes milliseconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1e3)
+    }
+
+    /// Reads milliseconds (integer or float, not negative).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        if !(ms.is_finite() && ms >= 0.0) {
+            return Err(serde::de::Error::custom(format!(
+                "a duration in ms must be >= 0, got {ms}"
+            )));
+        }
+        Ok(Duration::from_secs_f64(ms / 1e3))
+    }
+}
+
+/// The kind of traffic a flow carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// Our uTP with LEDBAT.
+    Utp,
+    /// The TCP NewReno model.
+    Tcp,
+    /// Constant-rate UDP.
+    Cbr,
+}
+
+/// LEDBAT parameters a flow may override (absent fields keep the profile's value).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedbatOverrides {
+    /// Target queuing delay in ms.
+    pub target_ms: Option<f64>,
+    /// Increase gain.
+    pub gain: Option<f64>,
+    /// Decrease gain.
+    pub decrease_gain: Option<f64>,
+    /// Factor applied to the window when slow start ends on delay.
+    pub slow_start_exit_reduction: Option<f64>,
+    /// Minimum window in packets.
+    pub min_window_packets: Option<usize>,
+    /// Base-delay history, in one-minute buckets.
+    pub base_history: Option<usize>,
+    /// Whether to use slow start.
+    pub slow_start: Option<bool>,
+    /// Bytes per RTT cap on growth (libutp/libtorrent 3000).
+    pub max_increase_per_rtt: Option<usize>,
+}
+
+/// One flow of a scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowSpec {
+    /// What it carries.
+    pub kind: FlowKind,
+    /// Start, seconds from the beginning.
+    pub start_s: f64,
+    /// Stop, seconds from the beginning (`None`: until the end or `bytes` are sent).
+    pub stop_s: Option<f64>,
+    /// Bytes to move (`None`: unlimited).
+    pub bytes: Option<u64>,
+    /// Extra one-way delay on this flow's access link, in ms (each direction).
+    pub extra_delay_ms: f64,
+    /// uTP: configuration profile (`default`, `libutp`, `libtorrent`).
+    pub profile: String,
+    /// uTP: LEDBAT parameter overrides.
+    pub ledbat: LedbatOverrides,
+    /// CBR: rate in bits per second.
+    pub rate_bps: u64,
+    /// CBR: datagram size; TCP: segment payload size.
+    pub packet_bytes: usize,
+}
+
+impl Default for FlowSpec {
+    fn default() -> Self {
+        FlowSpec {
+            kind: FlowKind::Utp,
+            start_s: 0.0,
+            stop_s: None,
+            bytes: None,
+            extra_delay_ms: 0.0,
+            profile: "default".into(),
+            ledbat: LedbatOverrides::default(),
+            rate_bps: 1_000_000,
+            packet_bytes: 1380,
+        }
+    }
+}
+
+/// Which shared link a change applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkName {
+    /// The data direction's bottleneck.
+    Forward,
+    /// The acknowledgement direction.
+    Reverse,
+}
+
+/// A change of a shared link at a point in time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChangeSpec {
+    /// When, in seconds.
+    pub at_s: f64,
+    /// Which link.
+    pub link: LinkName,
+    /// New rate.
+    pub rate_bps: Option<u64>,
+    /// New propagation delay, ms.
+    pub delay_ms: Option<f64>,
+    /// New random loss probability.
+    pub loss: Option<f64>,
+    /// Down (outage) or up.
+    pub down: Option<bool>,
+}
+
+impl Default for ChangeSpec {
+    fn default() -> Self {
+        ChangeSpec {
+            at_s: 0.0,
+            link: LinkName::Forward,
+            rate_bps: None,
+            delay_ms: None,
+            loss: None,
+            down: None,
+        }
+    }
+}
+
+/// A whole experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Scenario {
-    /// Seed of every random choice; the same seed gives the same run.
+    /// Short name.
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// Seed of every random choice.
     pub seed: u64,
-    /// Bytes to move from A to B.
-    pub bytes: usize,
-    /// The A→B direction.
+    /// Simulated time, seconds.
+    pub duration_s: f64,
+    /// Metrics resolution, ms.
+    pub resolution_ms: f64,
+    /// The data direction's bottleneck.
     pub forward: LinkConfig,
-    /// The B→A direction.
+    /// The acknowledgement direction.
     pub reverse: LinkConfig,
-    /// The uTP configuration of both endpoints.
-    pub config: Config,
-    /// Virtual time after which the run is declared stalled.
-    pub time_limit: Duration,
+    /// The flows.
+    pub flows: Vec<FlowSpec>,
+    /// Changes of the links over time.
+    pub changes: Vec<ChangeSpec>,
 }
 
 impl Default for Scenario {
     fn default() -> Self {
         Scenario {
+            name: "custom".into(),
+            description: String::new(),
             seed: 1,
-            bytes: 8 << 20,
-            forward: LinkConfig {
-                loss: 0.001,
+            duration_s: 30.0,
+            resolution_ms: 100.0,
+            forward: LinkConfig::default(),
+            reverse: LinkConfig {
+                queue: QueueLimit::Bytes(1_000_000),
                 ..LinkConfig::default()
             },
-            reverse: LinkConfig::default(),
-            config: Config::default(),
-            time_limit: Duration::from_secs(600),
+            flows: vec![FlowSpec::default()],
+            changes: Vec::new(),
         }
     }
 }
 
-/// What a run measured.
-#[derive(Clone, Debug)]
-pub struct Report {
-    /// The seed used.
-    pub seed: u64,
-    /// Bytes delivered to B (verified byte for byte).
-    pub bytes: usize,
-    /// Virtual time from connect to the last byte read.
-    pub duration: Duration,
-    /// Goodput in bits per second.
-    pub goodput_bps: f64,
-    /// Goodput as a fraction of the bottleneck rate.
-    pub utilisation: f64,
-    /// The forward link after the run.
-    pub forward: Link,
-    /// The sender's connection statistics at the end.
-    pub sender: ConnectionStats,
-    /// Datagrams that crossed a link (both directions).
-    pub datagrams: u64,
-}
+/// Names and one-line descriptions of the built-in scenarios.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("alone", "one LEDBAT flow on a 10 Mbit/s, 50 ms RTT bottleneck: fills it, holds the delay near target"),
+    ("yield", "LEDBAT yields to a TCP flow active from 20 s to 40 s, and takes the capacity back"),
+    ("share", "two LEDBAT flows with equal base delay, the second starting at 10 s: fair sharing"),
+    ("latecomer", "two LEDBAT flows, the second joining a standing queue: the latecomer advantage"),
+    ("lossy", "one LEDBAT flow with 1 % random loss on a 200 ms RTT path"),
+    ("bursty", "Gilbert-Elliott bursty loss (mean 1 %), reordering jitter and duplication"),
+    ("changes", "a delay step at 10 s, a rate drop at 20 s, an outage from 30 s to 32 s"),
+    ("cbr", "LEDBAT next to 5 Mbit/s of constant-rate UDP"),
+    ("codel", "LEDBAT through a CoDel bottleneck next to TCP"),
+];
 
-/// Why a run failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SimError {
-    /// The configuration was refused.
-    Config(String),
-    /// Nothing finished within the time limit.
-    Stalled(String),
-    /// Data arrived wrong (a bug in the protocol).
-    Corrupted(String),
-}
-
-impl fmt::Display for SimError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SimError::Config(m) => write!(f, "bad scenario: {m}"),
-            SimError::Stalled(m) => write!(f, "stalled: {m}"),
-            SimError::Corrupted(m) => write!(f, "data corrupted: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for SimError {}
-
-/// The byte at `offset` of the test stream: cheap to check on arrival.
-fn stream_byte(offset: usize) -> u8 {
-    (offset as u8).wrapping_mul(31) ^ (offset >> 11) as u8
-}
-
-struct Delivery {
-    at: Instant,
-    order: u64,
-    to_b: bool,
-    data: Vec<u8>,
-}
-
-impl PartialEq for Delivery {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.order) == (o.at, o.order)
-    }
-}
-impl Eq for Delivery {}
-impl PartialOrd for Delivery {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Delivery {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.order).cmp(&(o.at, o.order))
-    }
-}
-
-/// Runs the scenario to completion.
-pub fn run(s: &Scenario) -> Result<Report, SimError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-    let mut seed_a = [0u8; 32];
-    let mut seed_b = [0u8; 32];
-    rng.fill_bytes(&mut seed_a);
-    rng.fill_bytes(&mut seed_b);
-    let mut a =
-        Endpoint::new(s.config.clone(), seed_a).map_err(|e| SimError::Config(e.to_string()))?;
-    let mut b =
-        Endpoint::new(s.config.clone(), seed_b).map_err(|e| SimError::Config(e.to_string()))?;
-    let a_addr: SocketAddr = "10.0.0.1:6881".parse().expect("literal");
-    let b_addr: SocketAddr = "10.0.0.2:6881".parse().expect("literal");
-    let mut fwd = Link::new(s.forward.clone());
-    let mut rev = Link::new(s.reverse.clone());
-    let start = Instant::from_millis(1000);
-    let mut now = start;
-    let end = start + s.time_limit;
-    let mut wire: BinaryHeap<Reverse<Delivery>> = BinaryHeap::new();
-    let mut order = 0u64;
-    let mut datagrams = 0u64;
-    let mut buf = vec![0u8; 65_536];
-    let mut read_buf = vec![0u8; 65_536];
-    let mut chunk = vec![0u8; 65_536];
-
-    let ha = a
-        .connect(now, b_addr)
-        .map_err(|e| SimError::Config(e.to_string()))?;
-    let mut hb = None;
-    let mut written = 0usize;
-    let (mut chunk_off, mut chunk_len) = (0usize, 0usize);
-    let mut received = 0usize;
-    let mut finished_at = None;
-
-    loop {
-        // Application on A: write the stream, then shut down.
-        while written < s.bytes {
-            if chunk_off == chunk_len {
-                chunk_len = (s.bytes - written).min(chunk.len());
-                chunk_off = 0;
-                for (i, b) in chunk[..chunk_len].iter_mut().enumerate() {
-                    *b = stream_byte(written + i);
-                }
-            }
-            match a.write(now, ha, &chunk[chunk_off..chunk_len]) {
-                Ok(k) => {
-                    written += k;
-                    chunk_off += k;
-                }
-                Err(StreamError::WouldBlock) => break,
-                Err(e) => return Err(SimError::Stalled(format!("sender: {e}"))),
-            }
-            if written == s.bytes {
-                let _ = a.shutdown(now, ha);
-            }
-        }
-        if s.bytes == 0 && written == 0 {
-            let _ = a.shutdown(now, ha);
-        }
-        // Application on B: read and verify.
-        if let Some(h) = hb {
-            loop {
-                match b.read(now, h, &mut read_buf) {
-                    Ok(0) => {
-                        finished_at.get_or_insert(now);
-                        break;
-                    }
-                    Ok(n) => {
-                        for (i, &byte) in read_buf[..n].iter().enumerate() {
-                            if byte != stream_byte(received + i) {
-                                return Err(SimError::Corrupted(format!(
-                                    "byte {} differs",
-                                    received + i
-                                )));
-                            }
-                        }
-                        received += n;
-                    }
-                    Err(StreamError::WouldBlock) => break,
-                    Err(e) => return Err(SimError::Stalled(format!("receiver: {e}"))),
-                }
-            }
-        }
-        if let (Some(_), Some(h)) = (finished_at, hb) {
-            if b.connection(h).is_none_or(|c| c.is_peer_finished()) {
-                break;
-            }
-        }
-        // Output of both endpoints onto the links.
-        for (ep, link, to_b) in [(&mut a, &mut fwd, true), (&mut b, &mut rev, false)] {
-            while let Some(t) = ep.poll_transmit(now, &mut buf) {
-                let coin = rng.next_u64() as f64 / (u64::MAX as f64 + 1.0);
-                if let Fate::Deliver { at, .. } = link.offer(now, t.len, coin) {
-                    order += 1;
-                    datagrams += 1;
-                    wire.push(Reverse(Delivery {
-                        at,
-                        order,
-                        to_b,
-                        data: buf[..t.len].to_vec(),
-                    }));
-                }
-            }
-        }
-        while let Some((h, ev)) = b.poll_event() {
-            if ev == Event::Incoming {
-                hb = Some(h);
-            }
-        }
-        while let Some((_, ev)) = a.poll_event() {
-            if let Event::Closed(Some(e)) = ev {
-                return Err(SimError::Stalled(format!("sender connection failed: {e}")));
-            }
-        }
-        // Advance virtual time to the next event.
-        let next = [
-            wire.peek().map(|Reverse(d)| d.at),
-            a.poll_timeout(),
-            b.poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let Some(next) = next else {
-            return Err(SimError::Stalled(format!(
-                "nothing left to happen after {received} bytes"
-            )));
-        };
-        now = now.max(next);
-        if now > end {
-            return Err(SimError::Stalled(format!(
-                "{received} of {} bytes after {:?}",
-                s.bytes, s.time_limit
-            )));
-        }
-        while wire.peek().is_some_and(|Reverse(d)| d.at <= now) {
-            let Reverse(d) = wire.pop().expect("peeked");
-            if d.to_b {
-                b.handle_datagram(now, a_addr, &d.data);
-            } else {
-                a.handle_datagram(now, b_addr, &d.data);
-            }
-        }
-        a.handle_timeout(now);
-        b.handle_timeout(now);
-    }
-    let duration = finished_at.unwrap_or(now) - start;
-    let goodput_bps = received as f64 * 8.0 / duration.as_secs_f64().max(1e-9);
-    Ok(Report {
-        seed: s.seed,
-        bytes: received,
-        duration,
-        goodput_bps,
-        utilisation: goodput_bps / s.forward.rate_bps as f64,
-        sender: a.connection(ha).map(|c| c.stats()).unwrap_or_default(),
-        forward: fwd,
-        datagrams,
-    })
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.forward.config;
-        let st = &self.sender;
-        writeln!(f, "seed                 {}", self.seed)?;
-        writeln!(
-            f,
-            "bottleneck           {:.1} Mbit/s, {} ms one-way, queue {} KB, loss {:.2} %",
-            l.rate_bps as f64 / 1e6,
-            l.delay.as_millis(),
-            l.queue_bytes / 1000,
-            l.loss * 100.0
-        )?;
-        writeln!(
-            f,
-            "delivered            {} bytes in {:.3} s (virtual), verified",
-            self.bytes,
-            self.duration.as_secs_f64()
-        )?;
-        writeln!(
-            f,
-            "goodput              {:.2} Mbit/s ({:.1} % of the bottleneck)",
-            self.goodput_bps / 1e6,
-            self.utilisation * 100.0
-        )?;
-        writeln!(
-            f,
-            "queuing delay        mean {:.1} ms, max {:.1} ms (at the bottleneck)",
-            self.forward.mean_queuing_delay().as_secs_f64() * 1e3,
-            self.forward.queued_max.as_secs_f64() * 1e3
-        )?;
-        writeln!(
-            f,
-            "link drops           {} random, {} queue overflow",
-            self.forward.lost, self.forward.queue_drops
-        )?;
-        writeln!(
-            f,
-            "retransmits          {} dup-ack, {} sack, {} timeout ({} timeouts)",
-            st.retransmits_dup_ack, st.retransmits_sack, st.retransmits_timeout, st.timeouts
-        )?;
-        writeln!(
-            f,
-            "rtt / rto            {:.1} ms / {:.0} ms",
-            st.rtt.as_secs_f64() * 1e3,
-            st.rto.as_secs_f64() * 1e3
-        )?;
-        write!(f, "datagrams simulated  {}", self.datagrams)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_seed_same_run() {
-        let s = Scenario {
-            bytes: 300_000,
-            forward: LinkConfig {
-                loss: 0.02,
-                ..LinkConfig::default()
-            },
+impl Scenario {
+    /// A built-in scenario by name.
+    pub fn built_in(name: &str) -> Option<Scenario> {
+        let utp = FlowSpec::default();
+        let mut s = Scenario {
+            name: name.into(),
             ..Scenario::default()
         };
-        let r1 = run(&s).unwrap();
-        let r2 = run(&s).unwrap();
-        assert_eq!(r1.duration, r2.duration);
-        assert_eq!(r1.datagrams, r2.datagrams);
-        assert_eq!(r1.bytes, 300_000);
+        s.description = BUILT_IN.iter().find(|(n, _)| *n == name)?.1.into();
+        match name {
+            "alone" => {}
+            "yield" => {
+                s.duration_s = 60.0;
+                s.flows = vec![
+                    utp,
+                    FlowSpec {
+                        kind: FlowKind::Tcp,
+                        start_s: 20.0,
+                        stop_s: Some(40.0),
+                        ..FlowSpec::default()
+                    },
+                ];
+            }
+            "share" => {
+                s.duration_s = 60.0;
+                s.flows = vec![
+                    utp.clone(),
+                    FlowSpec {
+                        start_s: 10.0,
+                        ..utp
+                    },
+                ];
+            }
+            "latecomer" => {
+                s.duration_s = 90.0;
+                s.forward.queue = QueueLimit::Bytes(1_000_000);
+                s.flows = vec![
+                    utp.clone(),
+                    FlowSpec {
+                        start_s: 20.0,
+                        ..utp
+                    },
+                ];
+            }
+            "lossy" => {
+                s.duration_s = 60.0;
+                s.forward.delay = Duration::from_millis(100);
+                s.reverse.delay = Duration::from_millis(100);
+                s.forward.queue = QueueLimit::Bytes(500_000);
+                s.forward.loss = LossModel::Bernoulli { p: 0.01 };
+            }
+            "bursty" => {
+                s.forward.loss = LossModel::GilbertElliott {
+                    p_good_to_bad: 0.002,
+                    p_bad_to_good: 0.2,
+                    loss_good: 0.0,
+                    loss_bad: 1.0,
+                };
+                s.forward.jitter = Duration::from_millis(10);
+                s.forward.jitter_reorders = true;
+                s.forward.duplicate = 0.005;
+            }
+            "changes" => {
+                s.duration_s = 45.0;
+                s.changes = vec![
+                    ChangeSpec {
+                        at_s: 10.0,
+                        delay_ms: Some(60.0),
+                        ..ChangeSpec::default()
+                    },
+                    ChangeSpec {
+                        at_s: 20.0,
+                        rate_bps: Some(4_000_000),
+                        ..ChangeSpec::default()
+                    },
+                    ChangeSpec {
+                        at_s: 30.0,
+                        down: Some(true),
+                        ..ChangeSpec::default()
+                    },
+                    ChangeSpec {
+                        at_s: 32.0,
+                        down: Some(false),
+                        ..ChangeSpec::default()
+                    },
+                ];
+            }
+            "cbr" => {
+                s.flows = vec![
+                    utp,
+                    FlowSpec {
+                        kind: FlowKind::Cbr,
+                        rate_bps: 5_000_000,
+                        start_s: 10.0,
+                        stop_s: Some(20.0),
+                        ..FlowSpec::default()
+                    },
+                ];
+            }
+            "codel" => {
+                s.duration_s = 40.0;
+                s.forward.aqm = crate::link::Aqm::Codel {
+                    target: Duration::from_millis(5),
+                    interval: Duration::from_millis(100),
+                };
+                s.flows = vec![
+                    utp,
+                    FlowSpec {
+                        kind: FlowKind::Tcp,
+                        start_s: 10.0,
+                        stop_s: Some(30.0),
+                        ..FlowSpec::default()
+                    },
+                ];
+            }
+            _ => return None,
+        }
+        Some(s)
     }
+
+    /// Reads a scenario from TOML text.
+    pub fn from_toml(text: &str) -> Result<Scenario, String> {
+        let s: Scenario =
+            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks the values; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.duration_s.is_finite() && self.duration_s > 0.0) {
+            return Err(format!(
+                "duration_s must be positive, got {}",
+                self.duration_s
+            ));
+        }
+        if !(self.resolution_ms.is_finite() && self.resolution_ms >= 1.0) {
+            return Err(format!(
+                "resolution_ms must be at least 1, got {}",
+                self.resolution_ms
+            ));
+        }
+        self.forward
+            .validate()
+            .map_err(|e| format!("forward: {e}"))?;
+        self.reverse
+            .validate()
+            .map_err(|e| format!("reverse: {e}"))?;
+        if self.flows.is_empty() {
+            return Err("a scenario needs at least one [[flows]] entry".into());
+        }
+        if self.flows.len() > 250 {
+            return Err("at most 250 flows".into());
+        }
+        for (i, f) in self.flows.iter().enumerate() {
+            if !(f.start_s.is_finite() && f.start_s >= 0.0)
+                || f.stop_s.is_some_and(|t| t.is_nan() || t <= f.start_s)
+            {
+                return Err(format!("flows[{i}]: need 0 <= start_s < stop_s"));
+            }
+            if !(f.extra_delay_ms.is_finite() && f.extra_delay_ms >= 0.0) {
+                return Err(format!("flows[{i}]: extra_delay_ms must be >= 0"));
+            }
+            if f.kind == FlowKind::Utp {
+                utp_config(f).map_err(|e| format!("flows[{i}]: {e}"))?;
+            }
+            if f.kind == FlowKind::Cbr
+                && (f.rate_bps == 0 || !(1..=65_000).contains(&f.packet_bytes))
+            {
+                return Err(format!(
+                    "flows[{i}]: cbr needs rate_bps > 0 and 1 <= packet_bytes <= 65000"
+                ));
+            }
+            if f.kind == FlowKind::Tcp && !(100..=65_000).contains(&f.packet_bytes) {
+                return Err(format!(
+                    "flows[{i}]: tcp needs 100 <= packet_bytes <= 65000"
+                ));
+            }
+        }
+        for (i, c) in self.changes.iter().enumerate() {
+            if !(c.at_s.is_finite() && c.at_s >= 0.0) {
+                return Err(format!("changes[{i}]: at_s must be >= 0"));
+            }
+            if c.loss.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                return Err(format!("changes[{i}]: loss must be between 0 and 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The uTP configuration of a flow: its profile with its LEDBAT overrides.
+pub fn utp_config(f: &FlowSpec) -> Result<Config, String> {
+    let mut c = match f.profile.as_str() {
+        "default" => Config::default(),
+        "libutp" => Config::libutp(),
+        "libtorrent" => Config::libtorrent(),
+        other => {
+            return Err(format!(
+                "unknown profile {other:?} (default, libutp or libtorrent)"
+            ))
+        }
+    };
+    let o = &f.ledbat;
+    if let CongestionConfig::Ledbat(l) = &mut c.congestion {
+        apply(l, o);
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn apply(l: &mut LedbatConfig, o: &LedbatOverrides) {
+    if let Some(t) = o.target_ms {
+        l.target = Duration::from_secs_f64(t.max(0.0) / 1e3);
+    }
+    if let Some(g) = o.gain {
+        l.gain = g;
+    }
+    if let Some(g) = o.decrease_gain {
+        l.decrease_gain = g;
+    }
+    if let Some(r) = o.slow_start_exit_reduction {
+        l.slow_start_exit_reduction = r;
+    }
+    if let Some(m) = o.min_window_packets {
+        l.min_window_packets = m;
+    }
+    if let Some(h) = o.base_history {
+        l.base_history = h;
+    }
+    if let Some(s) = o.slow_start {
+        l.slow_start = s;
+    }
+    if o.max_increase_per_rtt.is_some() {
+        l.max_increase_per_rtt = o.max_increase_per_rtt;
+    }
+}
+
+/// Per-flow results of a run.
+#[derive(Clone, Debug)]
+pub struct FlowResult {
+    /// The flow's description.
+    pub spec: FlowSpec,
+    /// Bytes delivered to the receiver.
+    pub delivered: u64,
+    /// Mean goodput while the flow was active (start to stop or completion).
+    pub goodput_bps: f64,
+    /// When a bounded flow completed.
+    pub finished: Option<Duration>,
+    /// Retransmissions.
+    pub retransmits: u64,
+}
+
+/// Everything a run measured.
+pub struct RunResult {
+    /// The scenario as run.
+    pub scenario: Scenario,
+    /// Time series.
+    pub recorder: Recorder,
+    /// Per-flow summaries.
+    pub flows: Vec<FlowResult>,
+    /// Link statistics: forward, reverse.
+    pub links: Vec<crate::link::LinkStats>,
+    /// Simulated time covered.
+    pub simulated: Duration,
+    /// Datagrams that crossed a link.
+    pub datagrams: u64,
+    /// The pcap image, if captured.
+    pub pcap: Option<Vec<u8>>,
+    /// The first failure (corruption, a connection that died), if any.
+    pub failure: Option<String>,
+}
+
+/// The simulation's epoch: virtual time starts here (so µs timestamps are not tiny).
+pub const EPOCH: Instant = Instant::from_millis(1_000);
+
+/// Index of the forward bottleneck in [`RunResult::links`] and the recorder.
+pub const FORWARD: usize = 0;
+/// Index of the reverse link.
+pub const REVERSE: usize = 1;
+
+impl RunResult {
+    /// Time `s` seconds into the run.
+    pub fn at(&self, s: f64) -> Instant {
+        EPOCH + Duration::from_secs_f64(s.max(0.0))
+    }
+
+    /// Mean goodput of flow `i` between `from_s` and `to_s` (bits per second).
+    pub fn goodput(&self, i: usize, from_s: f64, to_s: f64) -> f64 {
+        self.recorder.goodput(i, self.at(from_s), self.at(to_s))
+    }
+
+    /// Mean queuing delay at the bottleneck between `from_s` and `to_s`.
+    pub fn queue_delay(&self, from_s: f64, to_s: f64) -> Duration {
+        self.recorder
+            .mean_queue_delay(FORWARD, self.at(from_s), self.at(to_s))
+    }
+
+    /// Jain's index of the flows' goodputs between `from_s` and `to_s`.
+    pub fn fairness(&self, flows: &[usize], from_s: f64, to_s: f64) -> f64 {
+        let xs: Vec<f64> = flows
+            .iter()
+            .map(|&i| self.goodput(i, from_s, to_s))
+            .collect();
+        jain(&xs)
+    }
+}
+
+/// Runs a scenario. `capture` records a pcap of every datagram.
+pub fn run(s: &Scenario, capture: bool) -> Result<RunResult, String> {
+    s.validate()?;
+    let mut rng = SimRng::new(s.seed);
+    let mut net = Network::new(EPOCH);
+    if capture {
+        net.capture();
+    }
+    let secs = |x: f64| EPOCH + Duration::from_secs_f64(x);
+    let fwd = net.add_link(Link::new(s.forward.clone(), rng.fork(1)));
+    let rev = net.add_link(Link::new(s.reverse.clone(), rng.fork(2)));
+    let mut pairs: Vec<(NodeId, NodeId)> = Vec::new();
+    for (i, f) in s.flows.iter().enumerate() {
+        let send_addr = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1)),
+            6881,
+        );
+        let recv_addr = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1)),
+            6881,
+        );
+        let start = secs(f.start_s);
+        let stop = f.stop_s.map(secs);
+        let (sender, receiver): (Box<dyn crate::engine::Node>, Box<dyn crate::engine::Node>) =
+            match f.kind {
+                FlowKind::Utp => {
+                    let cfg = utp_config(f)?;
+                    let spec = UtpSendSpec {
+                        flow: i,
+                        remote: recv_addr,
+                        bytes: f.bytes,
+                        start,
+                        stop,
+                    };
+                    (
+                        Box::new(
+                            UtpNode::new(send_addr, cfg.clone(), rng.seed32())?.with_sender(spec),
+                        ),
+                        Box::new(UtpNode::new(recv_addr, cfg, rng.seed32())?.with_receiver(i)),
+                    )
+                }
+                FlowKind::Tcp => {
+                    let spec = TcpSpec {
+                        flow: i,
+                        remote: recv_addr,
+                        bytes: f.bytes,
+                        start,
+                        stop,
+                        mss: f.packet_bytes,
+                    };
+                    (
+                        Box::new(TcpNode::sender(send_addr, spec)),
+                        Box::new(TcpNode::receiver(recv_addr, i)),
+                    )
+                }
+                FlowKind::Cbr => {
+                    let spec = CbrSpec {
+                        flow: i,
+                        remote: recv_addr,
+                        rate_bps: f.rate_bps,
+                        size: f.packet_bytes,
+                        start,
+                        stop,
+                    };
+                    (
+                        Box::new(CbrNode::sender(send_addr, spec)),
+                        Box::new(CbrNode::sink(recv_addr, i)),
+                    )
+                }
+            };
+        let a = net.add_node(send_addr.ip(), sender);
+        let b = net.add_node(recv_addr.ip(), receiver);
+        let extra = Duration::from_secs_f64(f.extra_delay_ms / 1e3);
+        if extra.is_zero() {
+            net.add_route(a, b, vec![fwd]);
+            net.add_route(b, a, vec![rev]);
+        } else {
+            let up = net.add_link(Link::new(
+                LinkConfig::wire(extra),
+                rng.fork(100 + 2 * i as u64),
+            ));
+            let down = net.add_link(Link::new(
+                LinkConfig::wire(extra),
+                rng.fork(101 + 2 * i as u64),
+            ));
+            net.add_route(a, b, vec![up, fwd]);
+            net.add_route(b, a, vec![rev, down]);
+        }
+        pairs.push((a, b));
+    }
+    let mut current = [s.forward.clone(), s.reverse.clone()];
+    let mut changes = s.changes.clone();
+    changes.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    for c in &changes {
+        let idx = match c.link {
+            LinkName::Forward => 0,
+            LinkName::Reverse => 1,
+        };
+        let cfg = &mut current[idx];
+        if let Some(r) = c.rate_bps {
+            cfg.rate_bps = r;
+        }
+        if let Some(d) = c.delay_ms {
+            cfg.delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
+        }
+        if let Some(p) = c.loss {
+            cfg.loss = LossModel::Bernoulli { p };
+        }
+        net.schedule_change(LinkChange {
+            at: secs(c.at_s),
+            link: [fwd, rev][idx],
+            config: cfg.clone(),
+            down: c.down.unwrap_or(false),
+        });
+    }
+    net.sample_every(Duration::from_secs_f64(s.resolution_ms / 1e3));
+    let end = secs(s.duration_s);
+    // Bounded flows may finish early: then the run ends (after one more sample).
+    let all_bounded = s.flows.iter().all(|f| f.bytes.is_some());
+    let flow_count = pairs.len();
+    if all_bounded {
+        net.run_while(end, |n| {
+            n.failure().is_some() || n.samples.finished.len() == flow_count
+        });
+    } else {
+        net.run_while(end, |n| n.failure().is_some());
+    }
+    let failure = net.failure();
+    let simulated = net.now() - EPOCH;
+    let recorder = std::mem::take(&mut net.samples);
+    let flows = s
+        .flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let series = recorder.flows.get(&i);
+            let last = series.and_then(|v| v.last());
+            let finished = recorder.finished.get(&i).map(|t| *t - EPOCH);
+            let from = secs(f.start_s);
+            let to = finished
+                .map(|d| EPOCH + d)
+                .or(f.stop_s.map(secs))
+                .unwrap_or(net.now())
+                .min(net.now());
+            let delivered = last.map_or(0, |p| p.delivered);
+            let active = (to - from).as_secs_f64();
+            FlowResult {
+                spec: f.clone(),
+                delivered,
+                goodput_bps: if active > 0.0 {
+                    recorder.goodput(i, from, to)
+                } else {
+                    0.0
+                },
+                finished,
+                retransmits: last.map_or(0, |p| p.retransmits),
+            }
+        })
+        .collect();
+    Ok(RunResult {
+        scenario: s.clone(),
+        flows,
+        links: vec![net.links[fwd].stats.clone(), net.links[rev].stats.clone()],
+        simulated,
+        datagrams: net.datagrams,
+        pcap: net.take_pcap(),
+        failure,
+        recorder,
+    })
 }

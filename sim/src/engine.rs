@@ -1,0 +1,411 @@
+//! The discrete-event engine: nodes, links, routes, and virtual time.
+//!
+//! Time jumps from event to event with microsecond resolution. Events are: a link's
+//! serialiser finishing a packet, a packet arriving at the end of a link, a node's
+//! timer, a scheduled change of a link, and a metrics sample. Ties are broken by the
+//! order in which events were scheduled, so a run is a pure function of its inputs.
+
+use core::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use utp::Instant;
+
+use crate::link::{Link, LinkConfig, Offer, IP_UDP_OVERHEAD};
+use crate::pcap::PcapWriter;
+
+/// Index of a node in the network.
+pub type NodeId = usize;
+/// Index of a link in the network.
+pub type LinkId = usize;
+
+/// A host of the simulation: anything that takes and makes datagrams.
+///
+/// The engine calls [`Node::handle_datagram`] for each arrival and
+/// [`Node::handle_timeout`] when [`Node::poll_timeout`] says so, then drains
+/// [`Node::poll_transmit`]. Nodes never read a clock.
+pub trait Node {
+    /// A datagram for one of this node's addresses arrived.
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]);
+    /// The earliest time the node has something to do.
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    /// Time has come (at or after the last [`Node::poll_timeout`]).
+    fn handle_timeout(&mut self, now: Instant);
+    /// Writes the next datagram into `buf`; returns (source, destination, length).
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)>;
+    /// Reports the node's flows for the metrics.
+    fn report(&self, now: Instant, out: &mut Vec<crate::metrics::FlowSample>);
+    /// A fatal problem (corrupted data, a failed connection) the run must report.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    TxDone(LinkId),
+    Arrive { pkt: usize },
+    Timer(NodeId),
+    Change(usize),
+    Sample,
+}
+
+/// A change of a link scheduled at a point in time.
+#[derive(Clone, Debug)]
+pub struct LinkChange {
+    /// When.
+    pub at: Instant,
+    /// Which link.
+    pub link: LinkId,
+    /// What: a new configuration, and whether the link is down.
+    pub config: LinkConfig,
+    /// Whether the link is down from then on.
+    pub down: bool,
+}
+
+#[derive(Debug)]
+struct Packet {
+    data: Vec<u8>,
+    from: SocketAddr,
+    to: SocketAddr,
+    route: usize,
+    hop: usize,
+}
+
+/// The whole simulated network.
+pub struct Network {
+    now: Instant,
+    nodes: Vec<Box<dyn Node>>,
+    node_deadline: Vec<Option<Instant>>,
+    hosts: HashMap<IpAddr, NodeId>,
+    /// The links, for inspection.
+    pub links: Vec<Link>,
+    routes: Vec<Vec<LinkId>>,
+    route_of: HashMap<(NodeId, NodeId), usize>,
+    events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    event_slots: Vec<Option<Ev>>,
+    free_events: Vec<usize>,
+    order: u64,
+    packets: Vec<Option<Packet>>,
+    free_packets: Vec<usize>,
+    pool: Vec<Vec<u8>>,
+    changes: Vec<LinkChange>,
+    sample_every: Option<Duration>,
+    /// Samples taken so far, by the sampler.
+    pub samples: crate::metrics::Recorder,
+    pcap: Option<PcapWriter>,
+    /// Datagrams that crossed at least one link.
+    pub datagrams: u64,
+    /// Datagrams addressed to no node.
+    pub unroutable: u64,
+    tx_buf: Vec<u8>,
+}
+
+impl Network {
+    /// An empty network at time `start`.
+    pub fn new(start: Instant) -> Network {
+        Network {
+            now: start,
+            nodes: Vec::new(),
+            node_deadline: Vec::new(),
+            hosts: HashMap::new(),
+            links: Vec::new(),
+            routes: Vec::new(),
+            route_of: HashMap::new(),
+            events: BinaryHeap::new(),
+            event_slots: Vec::new(),
+            free_events: Vec::new(),
+            order: 0,
+            packets: Vec::new(),
+            free_packets: Vec::new(),
+            pool: Vec::new(),
+            changes: Vec::new(),
+            sample_every: None,
+            samples: crate::metrics::Recorder::default(),
+            pcap: None,
+            datagrams: 0,
+            unroutable: 0,
+            tx_buf: vec![0u8; 65_536],
+        }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Adds a node reachable at `ip`; returns its id.
+    pub fn add_node(&mut self, ip: IpAddr, node: Box<dyn Node>) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(node);
+        self.node_deadline.push(None);
+        self.hosts.insert(ip, id);
+        self.wake(id);
+        id
+    }
+
+    /// Adds a link; returns its id.
+    pub fn add_link(&mut self, link: Link) -> LinkId {
+        self.links.push(link);
+        self.links.len() - 1
+    }
+
+    /// Packets from `from` to `to` cross `links`, in order.
+    pub fn add_route(&mut self, from: NodeId, to: NodeId, links: Vec<LinkId>) {
+        self.routes.push(links);
+        self.route_of.insert((from, to), self.routes.len() - 1);
+    }
+
+    /// Schedules a change of a link.
+    pub fn schedule_change(&mut self, change: LinkChange) {
+        let at = change.at;
+        self.changes.push(change);
+        self.push(at, Ev::Change(self.changes.len() - 1));
+    }
+
+    /// Records metrics every `every`, from now on.
+    pub fn sample_every(&mut self, every: Duration) {
+        self.sample_every = Some(every);
+        self.push(self.now, Ev::Sample);
+    }
+
+    /// Records every datagram into a pcap file image (see [`Network::take_pcap`]).
+    pub fn capture(&mut self) {
+        self.pcap = Some(PcapWriter::new());
+    }
+
+    /// The pcap bytes captured so far.
+    pub fn take_pcap(&mut self) -> Option<Vec<u8>> {
+        self.pcap.take().map(PcapWriter::finish)
+    }
+
+    /// The node `id`.
+    pub fn node(&self, id: NodeId) -> &dyn Node {
+        self.nodes[id].as_ref()
+    }
+
+    /// The first failure any node reports.
+    pub fn failure(&self) -> Option<String> {
+        self.nodes.iter().find_map(|n| n.failure())
+    }
+
+    fn push(&mut self, at: Instant, ev: Ev) {
+        self.order += 1;
+        let slot = match self.free_events.pop() {
+            Some(i) => {
+                self.event_slots[i] = Some(ev);
+                i
+            }
+            None => {
+                self.event_slots.push(Some(ev));
+                self.event_slots.len() - 1
+            }
+        };
+        self.events.push(Reverse((at, self.order, slot)));
+    }
+
+    /// Runs until `end` or until nothing is left to happen; returns whether events remain.
+    pub fn run_until(&mut self, end: Instant) -> bool {
+        while let Some(&Reverse((at, _, slot))) = self.events.peek() {
+            if at > end {
+                self.now = end;
+                return true;
+            }
+            self.events.pop();
+            self.now = self.now.max(at);
+            let ev = self.event_slots[slot].take().expect("event slot");
+            self.free_events.push(slot);
+            self.dispatch(ev);
+        }
+        false
+    }
+
+    /// Runs until `done` holds (checked after each event), `end` passes, or nothing is
+    /// left; returns whether `done` held.
+    pub fn run_while(&mut self, end: Instant, mut done: impl FnMut(&Network) -> bool) -> bool {
+        while let Some(&Reverse((at, _, slot))) = self.events.peek() {
+            if at > end {
+                self.now = end;
+                return done(self);
+            }
+            self.events.pop();
+            self.now = self.now.max(at);
+            let ev = self.event_slots[slot].take().expect("event slot");
+            self.free_events.push(slot);
+            self.dispatch(ev);
+            if done(self) {
+                return true;
+            }
+        }
+        done(self)
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::TxDone(l) => {
+                let (left, next) = self.links[l].tx_done(now);
+                if let Some(next) = next {
+                    self.push(next, Ev::TxDone(l));
+                }
+                if let Some(pkt) = left {
+                    self.propagate(l, pkt as usize);
+                }
+            }
+            Ev::Arrive { pkt } => self.arrive(pkt),
+            Ev::Timer(n) => {
+                if self.node_deadline[n].is_some_and(|d| d <= now) {
+                    self.node_deadline[n] = None;
+                    self.nodes[n].handle_timeout(now);
+                    self.wake(n);
+                }
+            }
+            Ev::Change(i) => {
+                let c = self.changes[i].clone();
+                let link = &mut self.links[c.link];
+                link.config = c.config;
+                link.down = c.down;
+            }
+            Ev::Sample => {
+                let mut flows = Vec::new();
+                for n in &self.nodes {
+                    n.report(now, &mut flows);
+                }
+                self.samples.record(now, flows, &self.links);
+                if let Some(every) = self.sample_every {
+                    self.push(now + every, Ev::Sample);
+                }
+            }
+        }
+    }
+
+    /// Sends everything node `n` has to send and re-arms its timer.
+    fn wake(&mut self, n: NodeId) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.tx_buf);
+        while let Some((from, to, len)) = self.nodes[n].poll_transmit(now, &mut buf) {
+            self.send(n, from, to, &buf[..len]);
+        }
+        self.tx_buf = buf;
+        let deadline = self.nodes[n].poll_timeout();
+        if deadline != self.node_deadline[n] {
+            self.node_deadline[n] = deadline;
+            if let Some(d) = deadline {
+                self.push(d.max(now), Ev::Timer(n));
+            }
+        }
+    }
+
+    fn send(&mut self, n: NodeId, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        if let Some(p) = &mut self.pcap {
+            p.record(self.now, from, to, data);
+        }
+        let Some(&dst) = self.hosts.get(&to.ip()) else {
+            self.unroutable += 1;
+            return;
+        };
+        let Some(&route) = self.route_of.get(&(n, dst)) else {
+            self.unroutable += 1;
+            return;
+        };
+        self.datagrams += 1;
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let id = self.alloc_packet(Packet {
+            data: buf,
+            from,
+            to,
+            route,
+            hop: 0,
+        });
+        self.enter_link(id);
+    }
+
+    fn alloc_packet(&mut self, p: Packet) -> usize {
+        match self.free_packets.pop() {
+            Some(i) => {
+                self.packets[i] = Some(p);
+                i
+            }
+            None => {
+                self.packets.push(Some(p));
+                self.packets.len() - 1
+            }
+        }
+    }
+
+    fn free_packet(&mut self, id: usize) {
+        if let Some(p) = self.packets[id].take() {
+            self.pool.push(p.data);
+            self.free_packets.push(id);
+        }
+    }
+
+    /// Offers packet `id` to the link of its current hop.
+    fn enter_link(&mut self, id: usize) {
+        let (route, hop, size) = {
+            let p = self.packets[id].as_ref().expect("live packet");
+            (p.route, p.hop, p.data.len() + IP_UDP_OVERHEAD)
+        };
+        let Some(&l) = self.routes[route].get(hop) else {
+            return self.deliver(id);
+        };
+        match self.links[l].offer(self.now, id as u64, size) {
+            Offer::Dropped(_) => self.free_packet(id),
+            Offer::Queued(Some(done)) => self.push(done, Ev::TxDone(l)),
+            Offer::Queued(None) => {}
+            Offer::Immediate => self.propagate(l, id),
+        }
+    }
+
+    /// Packet `id` left link `l`'s serialiser: schedule its arrival (and a duplicate's).
+    fn propagate(&mut self, l: LinkId, id: usize) {
+        let [first, dup] = self.links[l].propagate(self.now);
+        if let Some(at) = dup {
+            let copy = {
+                let p = self.packets[id].as_ref().expect("live packet");
+                let mut data = self.pool.pop().unwrap_or_default();
+                data.clear();
+                data.extend_from_slice(&p.data);
+                Packet {
+                    data,
+                    from: p.from,
+                    to: p.to,
+                    route: p.route,
+                    hop: p.hop,
+                }
+            };
+            let cid = self.alloc_packet(copy);
+            self.push(at, Ev::Arrive { pkt: cid });
+        }
+        if let Some(at) = first {
+            self.push(at, Ev::Arrive { pkt: id });
+        }
+    }
+
+    /// Packet `id` reached the end of its current link.
+    fn arrive(&mut self, id: usize) {
+        if let Some(p) = self.packets[id].as_mut() {
+            p.hop += 1;
+        }
+        self.enter_link(id);
+    }
+
+    fn deliver(&mut self, id: usize) {
+        let Some(p) = self.packets[id].take() else {
+            return;
+        };
+        self.free_packets.push(id);
+        if let Some(&n) = self.hosts.get(&p.to.ip()) {
+            self.nodes[n].handle_datagram(self.now, p.from, p.to, &p.data);
+            self.wake(n);
+        }
+        self.pool.push(p.data);
+    }
+}

@@ -1,0 +1,29 @@
+//! The hosts a scenario can put on the network.
+//!
+//! - [`UtpNode`]: our uTP endpoint with a sending and/or receiving application.
+//! - [`TcpNode`]: a TCP NewReno model, the loss-based competitor LEDBAT must yield to.
+//! - [`CbrNode`]: constant-rate UDP, and its sink.
+
+mod cbr;
+mod tcp;
+mod utp_node;
+
+pub use cbr::{CbrNode, CbrSpec};
+pub use tcp::{TcpNode, TcpSpec};
+pub use utp_node::{UtpNode, UtpSendSpec};
+
+/// Length of the repeating test pattern; a prime, so a shifted stream never matches.
+pub(crate) const PATTERN_LEN: usize = 65_521;
+
+/// The test stream's bytes: `stream[i] = pattern[i % PATTERN_LEN]`.
+pub(crate) fn pattern() -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..PATTERN_LEN)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
