@@ -1,0 +1,146 @@
+//! Evidence that the simulator and our LEDBAT behave as the analysis says.
+//!
+//! Every test runs a built-in scenario deterministically (fixed seed) and checks its
+//! numbers against an analytic expectation, with the margin stated next to it.
+
+use utp_sim::sweep::set;
+use utp_sim::{run, RunResult, Scenario};
+
+fn scenario(name: &str) -> Scenario {
+    Scenario::built_in(name).expect("built-in scenario")
+}
+
+fn go(s: &Scenario) -> RunResult {
+    let r = run(s, false).expect("scenario runs");
+    assert_eq!(r.failure, None, "no corruption, no failed connection");
+    r
+}
+
+/// A lone LEDBAT flow fills a 10 Mbit/s bottleneck and holds the queuing delay near
+/// the 100 ms target; its own delay estimate matches the real queue.
+#[test]
+fn lone_flow_fills_the_bottleneck_near_target_delay() {
+    let s = scenario("alone");
+    let r = go(&s);
+    let goodput = r.goodput(0, 5.0, 30.0);
+    // Payload share of the wire: 1380 / (1400 + 28) = 96.6 %; expect > 90 % of it.
+    let wire_max = 10e6 * 1380.0 / 1428.0;
+    assert!(goodput > 0.9 * wire_max, "goodput {goodput}");
+    let q = r.queue_delay(10.0, 30.0).as_secs_f64() * 1e3;
+    assert!(
+        (50.0..=110.0).contains(&q),
+        "mean queuing delay {q} ms, target 100 ms"
+    );
+    // LEDBAT's estimate (one-way, per ACK) tracks the bottleneck queue.
+    let series = &r.recorder.flows[&0];
+    let links = &r.recorder.links[0];
+    let errs: Vec<f64> = series
+        .iter()
+        .zip(links)
+        .filter(|(p, _)| p.t >= r.at(10.0))
+        .map(|(p, l)| (p.delay_estimate.as_secs_f64() - l.queue_delay.as_secs_f64()).abs() * 1e3)
+        .collect();
+    let mean_err = errs.iter().sum::<f64>() / errs.len() as f64;
+    assert!(mean_err < 10.0, "estimate off by {mean_err} ms on average");
+}
+
+/// With 1 % random loss on a 200 ms RTT path, LEDBAT halves at most once per RTT like
+/// Reno; the Mathis bound for such a flow is 1.22 × MSS / (RTT × √p) ≈ 0.67 Mbit/s.
+#[test]
+fn throughput_under_random_loss_and_long_rtt() {
+    let r = go(&scenario("lossy"));
+    let goodput = r.goodput(0, 10.0, 60.0);
+    let mathis = 1.22 * 1380.0 * 8.0 / (0.2 * 0.01f64.sqrt());
+    assert!(
+        goodput > 0.6 * mathis,
+        "goodput {goodput} vs Mathis {mathis}"
+    );
+    assert!(goodput < 10e6, "cannot exceed the link");
+    assert!(r.flows[0].retransmits > 10, "losses were repaired");
+}
+
+/// Two LEDBAT flows with the same base delay share the bottleneck fairly.
+#[test]
+fn two_flows_share_fairly() {
+    let r = go(&scenario("share"));
+    let jain = r.fairness(&[0, 1], 30.0, 60.0);
+    assert!(jain > 0.95, "Jain's index {jain}");
+    let total = r.goodput(0, 30.0, 60.0) + r.goodput(1, 30.0, 60.0);
+    assert!(
+        total > 0.9 * 10e6 * 1380.0 / 1428.0,
+        "together they fill the link: {total}"
+    );
+}
+
+fn overlap_ratio(s: &Scenario) -> f64 {
+    let r = go(s);
+    r.goodput(1, 50.0, 90.0) / r.goodput(0, 50.0, 90.0).max(1.0)
+}
+
+/// The latecomer advantage (Rossi et al.): a flow that starts while another holds a
+/// standing queue takes that queue for part of its base delay and pushes harder. The
+/// configuration changes it: a smaller increase gain or no slow start weaken it, and a
+/// queue smaller than the target removes it.
+#[test]
+fn latecomer_effect_and_how_configuration_changes_it() {
+    let base = scenario("latecomer");
+    let default = overlap_ratio(&base);
+    assert!(
+        default > 3.0,
+        "the latecomer gets much more: ratio {default}"
+    );
+    let mut gentle = base.clone();
+    set(&mut gentle, "gain", 0.5).unwrap();
+    let gentle = overlap_ratio(&gentle);
+    assert!(
+        gentle < default * 0.7,
+        "gain 0.5 weakens it: {gentle} vs {default}"
+    );
+    let mut small_queue = base.clone();
+    set(&mut small_queue, "queue_kb", 125.0).unwrap();
+    let small = overlap_ratio(&small_queue);
+    assert!(small < 1.5, "a 100 ms queue removes it: ratio {small}");
+}
+
+/// Constant-rate UDP takes its 5 Mbit/s; LEDBAT uses what is left and takes the whole
+/// link back when it stops.
+#[test]
+fn ledbat_uses_what_constant_rate_traffic_leaves() {
+    let r = go(&scenario("cbr"));
+    let cbr = r.goodput(1, 12.0, 20.0);
+    assert!((cbr - 5e6).abs() < 0.3e6, "cbr keeps its rate: {cbr}");
+    let utp = r.goodput(0, 13.0, 20.0);
+    assert!((3.5e6..5.5e6).contains(&utp), "utp uses the rest: {utp}");
+    let after = r.goodput(0, 22.0, 30.0);
+    assert!(after > 8.5e6, "and takes the link back: {after}");
+}
+
+/// A delay step, a rate drop and an outage: the flow adapts and recovers.
+#[test]
+fn link_changes_over_time() {
+    let r = go(&scenario("changes"));
+    assert!(r.goodput(0, 5.0, 10.0) > 8.5e6);
+    let slow = r.goodput(0, 24.0, 30.0);
+    assert!(
+        (3.0e6..4.0e6).contains(&slow),
+        "follows the drop to 4 Mbit/s: {slow}"
+    );
+    assert_eq!(r.goodput(0, 30.5, 31.5), 0.0, "nothing crosses an outage");
+    let back = r.goodput(0, 37.0, 45.0);
+    assert!(back > 3.0e6, "recovers after the outage: {back}");
+}
+
+/// Same seed, same bytes: the whole pcap of a run is reproducible, and another seed
+/// gives another run.
+#[test]
+fn same_seed_same_pcap() {
+    let mut s = scenario("bursty");
+    s.duration_s = 5.0;
+    let a = run(&s, true).unwrap().pcap.unwrap();
+    let b = run(&s, true).unwrap().pcap.unwrap();
+    assert!(a.len() > 100_000);
+    assert!(a == b, "identical pcap for one seed");
+    s.seed = 2;
+    let c = run(&s, true).unwrap().pcap.unwrap();
+    assert!(a != c, "another seed, another run");
+}
