@@ -82,6 +82,9 @@ pub struct Network {
     now: Instant,
     nodes: Vec<Box<dyn Node>>,
     node_deadline: Vec<Option<Instant>>,
+    /// The earliest timer event queued for each node (at most one is kept early
+    /// enough; later deadlines are re-armed when it fires).
+    node_timer_queued: Vec<Option<Instant>>,
     hosts: HashMap<IpAddr, NodeId>,
     /// The links, for inspection.
     pub links: Vec<Link>,
@@ -113,6 +116,7 @@ impl Network {
             now: start,
             nodes: Vec::new(),
             node_deadline: Vec::new(),
+            node_timer_queued: Vec::new(),
             hosts: HashMap::new(),
             links: Vec::new(),
             routes: Vec::new(),
@@ -144,6 +148,7 @@ impl Network {
         let id = self.nodes.len();
         self.nodes.push(node);
         self.node_deadline.push(None);
+        self.node_timer_queued.push(None);
         self.hosts.insert(ip, id);
         self.wake(id);
         id
@@ -259,10 +264,18 @@ impl Network {
             }
             Ev::Arrive { pkt } => self.arrive(pkt),
             Ev::Timer(n) => {
-                if self.node_deadline[n].is_some_and(|d| d <= now) {
-                    self.node_deadline[n] = None;
-                    self.nodes[n].handle_timeout(now);
-                    self.wake(n);
+                if self.node_timer_queued[n] == Some(now) {
+                    self.node_timer_queued[n] = None;
+                }
+                match self.node_deadline[n] {
+                    Some(d) if d <= now => {
+                        self.node_deadline[n] = None;
+                        self.nodes[n].handle_timeout(now);
+                        self.wake(n);
+                    }
+                    // The deadline moved later since this event was queued: re-arm.
+                    Some(d) => self.arm_timer(n, d),
+                    None => {}
                 }
             }
             Ev::Change(i) => {
@@ -292,12 +305,18 @@ impl Network {
             self.send(n, from, to, &buf[..len]);
         }
         self.tx_buf = buf;
-        let deadline = self.nodes[n].poll_timeout();
-        if deadline != self.node_deadline[n] {
-            self.node_deadline[n] = deadline;
-            if let Some(d) = deadline {
-                self.push(d.max(now), Ev::Timer(n));
-            }
+        let deadline = self.nodes[n].poll_timeout().map(|d| d.max(now));
+        self.node_deadline[n] = deadline;
+        if let Some(d) = deadline {
+            self.arm_timer(n, d);
+        }
+    }
+
+    /// Makes sure a timer event for node `n` fires at or before `d`.
+    fn arm_timer(&mut self, n: NodeId, d: Instant) {
+        if self.node_timer_queued[n].is_none_or(|q| q > d) {
+            self.node_timer_queued[n] = Some(d);
+            self.push(d, Ev::Timer(n));
         }
     }
 

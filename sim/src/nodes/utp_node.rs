@@ -1,6 +1,5 @@
 //! A node running our uTP endpoint, with a bulk sender and/or a verifying receiver.
 
-use core::time::Duration;
 use std::net::SocketAddr;
 
 use utp::proto::{ConnectionHandle, Endpoint, Event, StreamError};
@@ -50,9 +49,6 @@ pub struct UtpNode {
     pattern: Vec<u8>,
     read_buf: Vec<u8>,
     failure: Option<String>,
-    last_sender_stats: Option<utp::proto::ConnectionStats>,
-    last_window: u64,
-    last_delay_estimate: Option<Duration>,
 }
 
 impl UtpNode {
@@ -67,9 +63,6 @@ impl UtpNode {
             pattern: pattern(),
             read_buf: vec![0u8; 1 << 16],
             failure: None,
-            last_sender_stats: None,
-            last_window: 0,
-            last_delay_estimate: None,
         })
     }
 
@@ -146,11 +139,6 @@ impl UtpNode {
                     } else {
                         self.ep.shutdown(now, h)
                     };
-                }
-                if let Some(c) = self.ep.connection(h) {
-                    self.last_sender_stats = Some(c.stats());
-                    self.last_window = c.congestion().window() as u64;
-                    self.last_delay_estimate = c.congestion().queuing_delay();
                 }
             }
         }
@@ -232,12 +220,13 @@ impl Node for UtpNode {
 
     fn report(&self, _now: Instant, out: &mut Vec<FlowSample>) {
         if let Some(s) = &self.sender {
-            let st = self.last_sender_stats.clone().unwrap_or_default();
+            let conn = s.handle.and_then(|h| self.ep.connection(h));
+            let st = conn.map(|c| c.stats()).unwrap_or_default();
             out.push(FlowSample {
                 flow: s.spec.flow,
-                cwnd: Some(self.last_window),
+                cwnd: Some(conn.map_or(0, |c| c.congestion().window() as u64)),
                 rtt: Some(st.rtt),
-                delay_estimate: self.last_delay_estimate,
+                delay_estimate: conn.and_then(|c| c.congestion().queuing_delay()),
                 retransmits: Some(
                     st.retransmits_dup_ack + st.retransmits_sack + st.retransmits_timeout,
                 ),
