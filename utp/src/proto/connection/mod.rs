@@ -712,7 +712,9 @@ impl Connection {
         if cumulative_progress {
             self.dup_acks = 0;
         }
-        let lost = self.detect_losses(sack.is_some());
+        // A selective ACK only speaks of packets below ack_nr + 2 + its bits.
+        let sack_end = sack.map(|s| h.ack_nr + 2 + s.len_bits().min(u16::MAX as usize / 2) as u16);
+        let lost = self.detect_losses(sack_end);
         if lost {
             let srtt = self.rtt.srtt().unwrap_or(self.config.initial_timeout);
             self.cc.on_loss(now, srtt, self.mss);
@@ -796,7 +798,11 @@ impl Connection {
     /// BEP 29 F37-F39: three duplicate ACKs, or three packets selectively acknowledged
     /// after an unacknowledged one, declare it lost. Each packet is fast-resent at most
     /// once; if the resend is lost too, the retransmission timer recovers it.
-    fn detect_losses(&mut self, had_sack: bool) -> bool {
+    ///
+    /// `sack_end` is the first sequence number beyond the selective ACK just received:
+    /// only packets before it are scanned, so an ACK costs at most its bitmask's span,
+    /// never the whole window.
+    fn detect_losses(&mut self, sack_end: Option<SeqNr>) -> bool {
         let mut lost = false;
         if self.dup_acks >= 3 {
             let oldest = self.send.oldest_seq();
@@ -805,11 +811,12 @@ impl Connection {
             }
             self.dup_acks = 0;
         }
-        if had_sack {
+        if let Some(end) = sack_end {
+            let span = usize::from(end - self.send.oldest_seq()).min(self.send.packets_len());
             let mut acked_after = 0u32;
             let mut candidates: [SeqNr; 16] = [SeqNr(0); 16];
             let mut n = 0;
-            for (seq, p) in self.send.iter().rev() {
+            for (seq, p) in self.send.iter().take(span).rev() {
                 if p.acked {
                     acked_after += 1;
                 } else if acked_after >= 3

@@ -128,7 +128,9 @@ impl SendBuffer {
     }
 
     /// Iterates over the table from the oldest packet, with sequence numbers.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (SeqNr, &SentPacket)> + '_ {
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (SeqNr, &SentPacket)> + ExactSizeIterator + '_ {
         let first = self.oldest_seq;
         self.packets
             .iter()
