@@ -28,7 +28,7 @@ use crate::time::Instant;
 use crate::wire::{self, Extension, Header, Micros, Packet, PacketType, SelectiveAck, SeqNr};
 use recv_buffer::{Insert, RecvBuffer};
 use rtt::RttEstimator;
-use send_buffer::SendBuffer;
+use send_buffer::{SendBuffer, MAX_IN_FLIGHT};
 use timer::{Timer, TimerTable};
 
 /// Longest selective-ACK bitmask we send: an extension body holds at most 255 bytes,
@@ -186,6 +186,8 @@ pub struct Connection {
     cc: Box<dyn CongestionController>,
     rtt: RttEstimator,
     dup_acks: u32,
+    /// Packets before it are settled for loss detection (see `detect_losses`).
+    loss_cursor: SeqNr,
     consecutive_timeouts: u32,
     fin: FinState,
     probe_due: bool,
@@ -291,6 +293,7 @@ impl Connection {
                 config.max_timeout,
             ),
             dup_acks: 0,
+            loss_cursor: first_seq,
             consecutive_timeouts: 0,
             fin: FinState::Open,
             probe_due: false,
@@ -698,13 +701,21 @@ impl Connection {
         if let Some(sack) = sack {
             self.stats.sacks_received += 1;
             let next = self.send.next_seq();
-            for seq in sack.acked(h.ack_nr) {
+            // A byte of the bitmask at a time, against what is already known to be
+            // acknowledged: only new bits cost anything.
+            for (i, &byte) in sack.bitmask().iter().enumerate() {
+                let first = h.ack_nr + 2 + (i * 8) as u16;
                 // B18: bits outside the send window are ignored.
-                if !seq.is_before(next) {
+                if i * 8 >= MAX_IN_FLIGHT || !first.is_before(next) {
                     break;
                 }
-                if let Some(n) = self.mark_acked(now, seq, &mut rtt_sample) {
-                    newly_acked += n;
+                let new = byte & !self.send.acked_byte(first);
+                for k in 0..8u16 {
+                    if new & (1 << k) != 0 && (first + k).is_before(next) {
+                        if let Some(n) = self.mark_acked(now, first + k, &mut rtt_sample) {
+                            newly_acked += n;
+                        }
+                    }
                 }
             }
         }
@@ -780,15 +791,17 @@ impl Connection {
         }
         p.acked = true;
         let len = usize::from(p.len);
-        if p.need_resend {
-            p.need_resend = false;
+        let was_waiting = std::mem::take(&mut p.need_resend);
+        let once_sent_at = (p.transmissions == 1).then_some(p.last_sent);
+        self.send.note_acked(seq);
+        if was_waiting {
             self.resend_pending -= 1;
         } else {
             self.bytes_in_flight -= len;
         }
         // Karn's rule (G42): only packets sent exactly once give an RTT sample.
-        if p.transmissions == 1 {
-            let sample = now - p.last_sent;
+        if let Some(sent) = once_sent_at {
+            let sample = now - sent;
             self.rtt.on_sample(sample);
             *rtt_sample = Some(sample);
         }
@@ -812,28 +825,44 @@ impl Connection {
             self.dup_acks = 0;
         }
         if let Some(end) = sack_end {
-            let span = usize::from(end - self.send.oldest_seq()).min(self.send.packets_len());
-            let mut acked_after = 0u32;
-            let mut candidates: [SeqNr; 16] = [SeqNr(0); 16];
-            let mut n = 0;
-            for (seq, p) in self.send.iter().take(span).rev() {
-                if p.acked {
-                    acked_after += 1;
-                } else if acked_after >= 3
-                    && p.transmissions > 0
-                    && !p.need_resend
-                    && !p.fast_resent
-                {
-                    candidates[n] = seq;
-                    n += 1;
-                    if n == candidates.len() {
+            // The packets acknowledged above a packet only get fewer as it rises, so
+            // the lost ones are exactly the eligible packets below the third-highest
+            // acknowledged one. That one is found from the top of the span (at once in
+            // steady state); candidates are scanned from a cursor that only moves past
+            // packets that are settled (acknowledged, or already fast-resent), so every
+            // packet is looked at about once, however long the bitmask.
+            let oldest = self.send.oldest_seq();
+            let span = usize::from(end - oldest).min(self.send.packets_len());
+            let threshold = self
+                .send
+                .iter_first(span)
+                .rev()
+                .filter(|(_, p)| p.acked)
+                .nth(2)
+                .map(|(seq, _)| seq);
+            if let Some(threshold) = threshold {
+                let mut cursor = if self.loss_cursor.is_before(oldest) {
+                    oldest
+                } else {
+                    self.loss_cursor
+                };
+                let mut settled = true;
+                while cursor.is_before(threshold) {
+                    let Some(&p) = self.send.get(cursor) else {
                         break;
+                    };
+                    let eligible =
+                        !p.acked && p.transmissions > 0 && !p.need_resend && !p.fast_resent;
+                    if eligible && self.try_mark_lost(cursor, ResendCause::Sack) {
+                        lost = true;
+                    } else if !p.acked && !p.fast_resent {
+                        // Waiting for a resend after a timeout: look again next time.
+                        settled = false;
                     }
-                }
-            }
-            for &seq in &candidates[..n] {
-                if self.try_mark_lost(seq, ResendCause::Sack) {
-                    lost = true;
+                    if settled {
+                        self.loss_cursor = cursor.next();
+                    }
+                    cursor = cursor.next();
                 }
             }
         }
@@ -998,6 +1027,8 @@ impl Connection {
             .extend(marked.into_iter().map(|s| (s, ResendCause::Timeout)));
         self.bytes_in_flight = 0;
         self.dup_acks = 0;
+        // Fast retransmit may take every packet into account again.
+        self.loss_cursor = self.send.oldest_seq();
         self.timers.set(Timer::Retransmit, now + self.rtt.rto());
     }
 
@@ -1135,7 +1166,7 @@ impl Connection {
             return None;
         }
         // Never more than half the sequence space in flight, so numbers stay unambiguous.
-        if self.send.packets_len() >= 16_384 {
+        if self.send.packets_len() >= MAX_IN_FLIGHT {
             return None;
         }
         let peer_room = self.peer_window.saturating_sub(self.bytes_in_flight);

@@ -41,7 +41,16 @@ pub(crate) struct SendBuffer {
     /// Packets from `oldest_seq` on, one per consecutive sequence number.
     packets: VecDeque<SentPacket>,
     oldest_seq: SeqNr,
+    /// Which sequence numbers are acknowledged, bit `seq % MAX_IN_FLIGHT`: a mirror of
+    /// `SentPacket::acked` that lets a selective ACK be compared a byte at a time.
+    /// Allocated at the first selective ACK; bits of sequence numbers outside the
+    /// table are meaningless.
+    acked_bits: Option<Box<[u64; MAX_IN_FLIGHT / 64]>>,
 }
+
+/// Most packets in the table at once (half the 16-bit space would be ambiguous; this
+/// is a quarter). The sender never exceeds it.
+pub(crate) const MAX_IN_FLIGHT: usize = 16_384;
 
 impl SendBuffer {
     /// An empty buffer for `capacity` bytes whose first packet will be `first_seq`.
@@ -53,6 +62,7 @@ impl SendBuffer {
             capacity,
             packets: VecDeque::new(),
             oldest_seq: first_seq,
+            acked_bits: None,
         }
     }
 
@@ -102,6 +112,10 @@ impl SendBuffer {
             max_len.min(self.unsent()).min(u16::MAX as usize)
         };
         let seq = self.next_seq();
+        if let Some(bits) = &mut self.acked_bits {
+            let i = usize::from(seq.0) % MAX_IN_FLIGHT;
+            bits[i / 64] &= !(1 << (i % 64));
+        }
         self.packets.push_back(SentPacket {
             fin,
             offset: self.unsent_offset,
@@ -138,6 +152,20 @@ impl SendBuffer {
             .map(move |(i, p)| (first + i as u16, p))
     }
 
+    /// Iterates over the first `n` packets of the table (all if fewer), with sequence
+    /// numbers; cheap to start from either end.
+    pub fn iter_first(
+        &self,
+        n: usize,
+    ) -> impl DoubleEndedIterator<Item = (SeqNr, &SentPacket)> + '_ {
+        let first = self.oldest_seq;
+        let n = n.min(self.packets.len());
+        self.packets
+            .range(..n)
+            .enumerate()
+            .map(move |(i, p)| (first + i as u16, p))
+    }
+
     /// Iterates mutably over the table from the oldest packet.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (SeqNr, &mut SentPacket)> + '_ {
         let first = self.oldest_seq;
@@ -145,6 +173,32 @@ impl SendBuffer {
             .iter_mut()
             .enumerate()
             .map(move |(i, p)| (first + i as u16, p))
+    }
+
+    /// Records that `seq` is acknowledged (call with `SentPacket::acked` set).
+    pub fn note_acked(&mut self, seq: SeqNr) {
+        let bits = self
+            .acked_bits
+            .get_or_insert_with(|| Box::new([0; MAX_IN_FLIGHT / 64]));
+        let i = usize::from(seq.0) % MAX_IN_FLIGHT;
+        bits[i / 64] |= 1 << (i % 64);
+    }
+
+    /// The acknowledged flags of the 8 sequence numbers from `first` on, bit k for
+    /// `first + k`. Only meaningful for sequence numbers in the table.
+    pub fn acked_byte(&mut self, first: SeqNr) -> u8 {
+        let bits = self
+            .acked_bits
+            .get_or_insert_with(|| Box::new([0; MAX_IN_FLIGHT / 64]));
+        let i = usize::from(first.0) % MAX_IN_FLIGHT;
+        let (w, off) = (i / 64, i % 64);
+        let lo = bits[w] >> off;
+        let hi = if off > 56 {
+            bits[(w + 1) % (MAX_IN_FLIGHT / 64)] << (64 - off)
+        } else {
+            0
+        };
+        (lo | hi) as u8
     }
 
     /// Copies the payload of `p` into `out`, which must be `p.len` bytes long.
@@ -228,5 +282,31 @@ mod tests {
         let fin = b.push_packet(100, true, Instant::ZERO);
         assert_eq!(b.get(fin).unwrap().len, 0);
         assert!(b.get(SeqNr(0)).is_none());
+    }
+
+    #[test]
+    fn acked_bits_mirror_across_word_and_ring_boundaries() {
+        let mut b = SendBuffer::new(1 << 20, SeqNr(16_380));
+        b.write(&[0; 100]);
+        for _ in 0..20 {
+            b.push_packet(1, false, Instant::ZERO);
+        }
+        // 16 380 .. 16 399 wrap the 16 384-bit ring at 16 384.
+        for s in [16_381u16, 16_383, 16_384, 16_390] {
+            b.note_acked(SeqNr(s));
+        }
+        assert_eq!(b.acked_byte(SeqNr(16_380)), 0b0001_1010);
+        assert_eq!(b.acked_byte(SeqNr(16_384)), 0b0100_0001);
+        assert_eq!(b.acked_byte(SeqNr(16_383)), 0b1000_0011);
+        // A new packet on a reused ring slot starts unacknowledged.
+        let mut c = SendBuffer::new(1 << 20, SeqNr(65_535));
+        c.write(&[0; 10]);
+        c.note_acked(SeqNr(65_535));
+        c.push_packet(1, false, Instant::ZERO);
+        assert_eq!(
+            c.acked_byte(SeqNr(65_535)),
+            0,
+            "cleared when the packet was created"
+        );
     }
 }
