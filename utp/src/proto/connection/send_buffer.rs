@@ -141,17 +141,6 @@ impl SendBuffer {
         self.packets.get_mut(i)
     }
 
-    /// Iterates over the table from the oldest packet, with sequence numbers.
-    pub fn iter(
-        &self,
-    ) -> impl DoubleEndedIterator<Item = (SeqNr, &SentPacket)> + ExactSizeIterator + '_ {
-        let first = self.oldest_seq;
-        self.packets
-            .iter()
-            .enumerate()
-            .map(move |(i, p)| (first + i as u16, p))
-    }
-
     /// Iterates over the first `n` packets of the table (all if fewer), with sequence
     /// numbers; cheap to start from either end.
     pub fn iter_first(
