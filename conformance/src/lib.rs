@@ -1,1 +1,9 @@
-//! BEP 29 conformance suite (work in progress: see issue 5).
+//! BEP 29 conformance: real traces replayed and checked, and interop with libutp.
+//!
+//! - [`trace`]: reads pcap and pcapng captures (Ethernet, Linux SLL, raw IP, loopback;
+//!   IPv4 and IPv6) into UDP datagrams.
+//! - [`check`]: classifies datagrams, checks byte-exact re-encoding, and follows each
+//!   connection to check the BEP 29 rules a capture can show.
+
+pub mod check;
+pub mod trace;

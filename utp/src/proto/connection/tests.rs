@@ -668,7 +668,10 @@ fn delayed_ack_and_every_second_packet() {
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].1.h.ty, PacketType::State);
     assert_eq!(acks[0].1.h.ack_nr, SeqNr(101));
-    assert!(acks[0].1.sack.is_none(), "B17: no selective ACK without a gap");
+    assert!(
+        acks[0].1.sack.is_none(),
+        "B17: no selective ACK without a gap"
+    );
     assert_eq!(
         acks[0].1.h.wnd_size,
         (1 << 20) - 1380,
