@@ -1,30 +1,37 @@
 //! The event loop of one UDP socket, and the state it shares with stream handles.
 //!
 //! One task per socket owns the socket and runs [`drive`]: it receives datagrams (a
-//! bounded batch per wake-up), runs timers (one sleep at the earliest deadline), sends
-//! what the endpoint produces (a bounded batch per wake-up), and turns endpoint events
-//! into wake-ups of the tasks waiting on streams. Stream handles operate on the
-//! endpoint directly under a short lock and wake the loop through a [`Notify`]; there
-//! are no channels and no task per connection.
+//! bounded batch per wake-up, several per system call where the socket can), runs
+//! timers (one sleep at the earliest deadline), sends what the endpoint produces (a
+//! bounded batch per wake-up, gathered into runs to one destination that go out in one
+//! GSO send where the socket can), and turns endpoint events into wake-ups of the tasks
+//! waiting on streams. Its buffers are allocated once, when the task starts. Stream
+//! handles operate on the endpoint directly under a short lock and wake the loop through
+//! a [`Notify`]; there are no channels and no task per connection.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use tokio::sync::Notify;
 
-use super::datagram::DatagramSocket;
+use super::batch::SendBatch;
+use super::datagram::{DatagramSocket, RecvMeta};
 use crate::proto::{ConnectionError, ConnectionHandle, ConnectionStats, Endpoint, Event};
 use crate::time::Instant;
 
-/// Datagrams received per wake-up before timers and output get their turn.
+/// Datagrams received per wake-up before timers and output get their turn. Receive
+/// calls stop once this many came in; one call may pass it (a GRO train holds up to 64).
 const RECV_BATCH: usize = 64;
-/// Datagrams sent per wake-up before input gets its turn.
+/// Datagrams produced per wake-up before input gets its turn.
 const SEND_BATCH: usize = 128;
-/// Largest datagram we accept.
-const MAX_DATAGRAM: usize = 65_536;
+/// Receive buffers: one receive call fills up to this many (`recvmmsg`).
+const RECV_BUFFERS: usize = 16;
+/// Bytes per receive buffer: the largest datagram we accept, and more than a GRO train
+/// (the kernel keeps those below 64 KiB).
+const RECV_BUFFER_BYTES: usize = 65_536;
 
 /// What the stream handles of one connection wait for.
 #[derive(Debug, Default)]
@@ -196,46 +203,60 @@ impl State {
 
 /// Runs the socket until every handle is gone and every connection has finished.
 pub(crate) async fn drive<S: DatagramSocket>(shared: Arc<Shared>, socket: S) {
-    let mut recv_buf = vec![0u8; MAX_DATAGRAM];
-    let mut send_buf = vec![0u8; MAX_DATAGRAM];
+    // Every buffer is allocated here, once: nothing per datagram.
+    let room = shared.lock().ep.config().max_packet_size;
+    let mut out = SendBatch::new(room, SEND_BATCH);
+    let mut recv_space = vec![0u8; RECV_BUFFERS * RECV_BUFFER_BYTES];
+    let mut bufs: Vec<IoSliceMut<'_>> = recv_space
+        .chunks_mut(RECV_BUFFER_BYTES)
+        .map(IoSliceMut::new)
+        .collect();
+    let mut meta = vec![RecvMeta::default(); RECV_BUFFERS];
     loop {
         // Timers, output and events, under one short lock; the clock is read once.
-        let mut blocked: Option<(SocketAddr, usize)> = None;
+        let mut blocked = false;
         let deadline = {
             let mut st = shared.lock();
             let now = shared.now();
             st.ep.handle_timeout(now);
-            let mut sent = 0;
-            while sent < SEND_BATCH {
-                let Some(t) = st.ep.poll_transmit(now, &mut send_buf) else {
-                    break;
-                };
-                sent += 1;
-                match socket.try_send_to(&send_buf[..t.len], t.destination) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        blocked = Some((t.destination, t.len));
+            // What a full send buffer held back goes first.
+            if out.flush(&socket) {
+                let max_segments = socket.max_send_segments();
+                let mut produced = 0;
+                while produced < SEND_BATCH {
+                    if out.is_full() && !out.flush(&socket) {
+                        blocked = true;
                         break;
                     }
-                    // A datagram that cannot be sent (unreachable address, message too
-                    // long) is lost like any other; the protocol recovers.
-                    Err(_) => {}
+                    let Some(t) = st.ep.poll_transmit(now, out.space()) else {
+                        break;
+                    };
+                    produced += 1;
+                    out.push(t.destination, t.len, max_segments);
                 }
-            }
-            if sent == SEND_BATCH {
-                // More may be waiting: come back after a look at the input.
-                shared.notify.notify_one();
+                blocked = blocked || !out.flush(&socket);
+                if produced == SEND_BATCH {
+                    // More may be waiting: come back after a look at the input.
+                    shared.notify.notify_one();
+                }
+            } else {
+                blocked = true;
             }
             st.dispatch_events(now);
-            let finished = Arc::strong_count(&shared) == 1 && st.ep.connection_count() == 0;
+            let finished =
+                Arc::strong_count(&shared) == 1 && st.ep.connection_count() == 0 && out.is_empty();
             if finished || st.failure.is_some() {
                 return;
             }
             st.ep.poll_timeout().map(|t| shared.to_tokio(t))
         };
-        if let Some((to, len)) = blocked {
-            // The kernel buffer is full: wait for room for this one datagram.
-            let _ = socket.send_to(&send_buf[..len], to).await;
+        if blocked {
+            // The kernel buffer is full: wait for room for one datagram, then try the
+            // rest. A datagram that cannot be sent is lost like any other.
+            if let Some((datagram, to)) = out.first_waiting() {
+                let _ = socket.send_to(datagram, to).await;
+            }
+            out.skip_first();
             continue;
         }
         let sleep = async {
@@ -246,20 +267,25 @@ pub(crate) async fn drive<S: DatagramSocket>(shared: Arc<Shared>, socket: S) {
         };
         tokio::select! {
             biased;
-            r = socket.recv_from(&mut recv_buf) => {
+            r = socket.recv_batch(&mut bufs, &mut meta) => {
+                // Everything received now goes in under one lock and one clock read.
                 let mut st = shared.lock();
                 let now = shared.now();
+                let mut received = 0;
                 match r {
-                    Ok((n, from)) => st.ep.handle_datagram(now, from, &recv_buf[..n]),
+                    Ok(n) => received += feed(&mut st.ep, now, &bufs, &meta[..n]),
                     Err(e) if is_transient(&e) => {}
                     Err(e) => {
                         st.fail(&e);
                         return;
                     }
                 }
-                for _ in 1..RECV_BATCH {
-                    match socket.try_recv_from(&mut recv_buf) {
-                        Ok((n, from)) => st.ep.handle_datagram(now, from, &recv_buf[..n]),
+                let mut calls = 1;
+                while received < RECV_BATCH && calls < RECV_BATCH {
+                    calls += 1;
+                    let k = RECV_BUFFERS.min(RECV_BATCH - received);
+                    match socket.try_recv_batch(&mut bufs[..k], &mut meta[..k]) {
+                        Ok(n) => received += feed(&mut st.ep, now, &bufs, &meta[..n]),
                         Err(e) if is_transient(&e) => continue,
                         Err(_) => break,
                     }
@@ -269,6 +295,19 @@ pub(crate) async fn drive<S: DatagramSocket>(shared: Arc<Shared>, socket: S) {
             _ = sleep => {}
         }
     }
+}
+
+/// Hands every datagram in the filled buffers to the endpoint (a buffer holding a GRO
+/// train is cut at its stride); returns how many there were.
+fn feed(ep: &mut Endpoint, now: Instant, bufs: &[IoSliceMut<'_>], meta: &[RecvMeta]) -> usize {
+    let mut n = 0;
+    for (buf, m) in bufs.iter().zip(meta) {
+        for datagram in m.datagrams(buf) {
+            ep.handle_datagram(now, m.from, datagram);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Errors a UDP socket reports that do not mean it is broken (ICMP feedback).

@@ -3,7 +3,10 @@
 //! One UDP socket carries every connection made or accepted on it; one background task
 //! per socket runs the sans-IO [`crate::proto::Endpoint`]. The driver is generic over
 //! [`DatagramSocket`], so the same code runs on `tokio::net::UdpSocket` and on a
-//! simulated socket in deterministic tests.
+//! simulated socket in deterministic tests. [`UtpSocket::bind`] wraps its UDP socket in a
+//! [`BatchUdpSocket`]: on Linux a run of datagrams to one peer leaves in one system call
+//! (GSO) and a train of datagrams arrives in one (GRO, `recvmmsg`), with a fallback to one
+//! datagram per call where the kernel lacks that.
 //!
 //! libutp's interface is callback-driven: `on_read` fires as bytes arrive, and the
 //! application pushes data with `utp_write`. Here the same roles are `AsyncRead` and
@@ -36,6 +39,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod datagram;
 mod driver;
 mod socket;
@@ -43,7 +47,7 @@ mod stream;
 
 use std::io;
 
-pub use datagram::DatagramSocket;
+pub use datagram::{BatchUdpSocket, DatagramSocket, Datagrams, RecvMeta};
 pub use socket::{Incoming, UtpSocket};
 pub use stream::{OwnedReadHalf, OwnedWriteHalf, ReadHalf, UtpStream, WriteHalf};
 

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::net::ToSocketAddrs;
 
-use super::datagram::DatagramSocket;
+use super::datagram::{BatchUdpSocket, DatagramSocket};
 use super::driver::{drive, ConnSlot, Shared};
 use super::stream::UtpStream;
 use super::{closed_error, failure_error};
@@ -55,6 +55,9 @@ impl UtpSocket {
     }
 
     /// Binds a UDP socket at `addr` with `config`.
+    ///
+    /// The socket asks for 4 MiB kernel buffers and runs as a [`BatchUdpSocket`]
+    /// (segmentation and receive offload, batched system calls where available).
     pub async fn bind_with_config(
         addr: impl ToSocketAddrs,
         config: Config,
@@ -67,11 +70,13 @@ impl UtpSocket {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed)
             .map_err(|e| io::Error::other(format!("no OS randomness: {e}")))?;
-        UtpSocket::with_socket(socket, config, seed)
+        UtpSocket::with_socket(BatchUdpSocket::new(socket), config, seed)
     }
 
     /// Runs uTP over any [`DatagramSocket`] (a simulated one in tests), with `seed`
-    /// for connection ids and initial sequence numbers.
+    /// for connection ids and initial sequence numbers. For a `tokio::net::UdpSocket` of
+    /// your own, wrap it in [`BatchUdpSocket::new`] to get batched I/O; unwrapped, it
+    /// moves one datagram per system call.
     pub fn with_socket<S: DatagramSocket>(
         socket: S,
         config: Config,
