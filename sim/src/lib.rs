@@ -3,7 +3,7 @@
 //! Runs the sans-IO core ([`utp::proto::Endpoint`]) directly, in virtual time with
 //! microsecond resolution, over modelled links ([`link`]): rate-limited queues
 //! (drop-tail, RED, CoDel), delay, jitter, random and bursty loss, duplication,
-//! reordering, MTU and changes over time. Competing traffic comes from a TCP NewReno
+//! reordering, MTU and changes over time. Competing traffic comes from a TCP (CUBIC or NewReno, SACK)
 //! model and constant-rate UDP ([`nodes`]). One seed drives every random choice: the
 //! same seed gives the same run, byte for byte ([`pcap`]).
 //!

@@ -62,7 +62,7 @@ pub mod millis {
 pub enum FlowKind {
     /// Our uTP with LEDBAT.
     Utp,
-    /// The TCP NewReno model.
+    /// The TCP model (CUBIC or NewReno, chosen by `tcp_cc`).
     Tcp,
     /// Constant-rate UDP.
     Cbr,
@@ -112,6 +112,9 @@ pub struct FlowSpec {
     pub rate_bps: u64,
     /// CBR: datagram size; TCP: segment payload size.
     pub packet_bytes: usize,
+    /// TCP: congestion control, `"cubic"` (RFC 9438, the default, as in Linux) or
+    /// `"newreno"` (RFC 5681); both recover losses with SACK (RFC 6675).
+    pub tcp_cc: String,
 }
 
 impl Default for FlowSpec {
@@ -126,6 +129,7 @@ impl Default for FlowSpec {
             ledbat: LedbatOverrides::default(),
             rate_bps: 1_000_000,
             packet_bytes: 1380,
+            tcp_cc: "cubic".into(),
         }
     }
 }
@@ -396,6 +400,7 @@ impl Scenario {
                     "flows[{i}]: cbr needs rate_bps > 0 and 1 <= packet_bytes <= 65000"
                 ));
             }
+            TcpSpec::parse_cc(&f.tcp_cc).map_err(|e| format!("flows[{i}]: {e}"))?;
             if f.kind == FlowKind::Tcp && !(100..=65_000).contains(&f.packet_bytes) {
                 return Err(format!(
                     "flows[{i}]: tcp needs 100 <= packet_bytes <= 65000"
@@ -580,6 +585,7 @@ pub fn run(s: &Scenario, capture: bool) -> Result<RunResult, String> {
                         start,
                         stop,
                         mss: f.packet_bytes,
+                        cc: TcpSpec::parse_cc(&f.tcp_cc)?,
                     };
                     (
                         Box::new(TcpNode::sender(send_addr, spec)),

@@ -1,7 +1,7 @@
 //! The hosts a scenario can put on the network.
 //!
 //! - [`UtpNode`]: our uTP endpoint with a sending and/or receiving application.
-//! - [`TcpNode`]: a TCP NewReno model, the loss-based competitor LEDBAT must yield to.
+//! - [`TcpNode`]: a TCP model (CUBIC by default, or NewReno; SACK loss recovery), the loss-based competitor LEDBAT must yield to.
 //! - [`CbrNode`]: constant-rate UDP, and its sink.
 
 mod cbr;
