@@ -243,6 +243,10 @@ impl Scenario {
         match name {
             "alone" => {}
             "yield" => {
+                // Real paths jitter a little; in a perfectly periodic drop-tail queue the
+                // same flow's packets always meet the full buffer (the "phase effect" of
+                // Floyd and Jacobson), so only TCP would ever lose.
+                s.forward.jitter = Duration::from_millis(2);
                 s.duration_s = 60.0;
                 s.flows = vec![
                     utp,

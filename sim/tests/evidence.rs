@@ -144,3 +144,30 @@ fn same_seed_same_pcap() {
     let c = run(&s, true).unwrap().pcap.unwrap();
     assert!(a != c, "another seed, another run");
 }
+
+/// LEDBAT yields to a loss-based TCP (CUBIC with SACK) while it runs, and takes the
+/// capacity back when it ends. The bottleneck jitters by up to 2 ms, as real paths
+/// do: in a perfectly periodic drop-tail queue only TCP's packets ever meet the full
+/// buffer (the phase effect), so LEDBAT would never see a loss.
+#[test]
+fn ledbat_yields_to_tcp_and_takes_the_capacity_back() {
+    let r = go(&scenario("yield"));
+    let payload_rate = 10e6 * 1380.0 / 1428.0;
+    assert!(r.goodput(0, 10.0, 20.0) > 0.9 * payload_rate, "alone first");
+    let utp = r.goodput(0, 25.0, 40.0);
+    let tcp = r.goodput(1, 25.0, 40.0);
+    assert!(
+        tcp > 0.7 * (tcp + utp),
+        "TCP gets most while it runs: tcp {tcp}, utp {utp}"
+    );
+    assert!(
+        tcp + utp > 0.85 * payload_rate,
+        "the link stays full: {}",
+        tcp + utp
+    );
+    let after = r.goodput(0, 45.0, 60.0);
+    assert!(
+        after > 0.9 * payload_rate,
+        "LEDBAT takes the capacity back: {after}"
+    );
+}
