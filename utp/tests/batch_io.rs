@@ -16,17 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utp::net::{BatchUdpSocket, DatagramSocket, RecvMeta, UtpSocket};
 use utp::Config;
 
-fn pattern(len: usize, salt: u64) -> Vec<u8> {
-    let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+mod common;
+use common::pattern;
 
 async fn batch_socket() -> BatchUdpSocket {
     let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

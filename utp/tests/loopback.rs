@@ -12,18 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utp::net::UtpSocket;
 use utp::Config;
 
-/// A stream of `len` bytes that differs per `salt`, so any reordering or loss shows.
-fn pattern(len: usize, salt: u64) -> Vec<u8> {
-    let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+mod common;
+use common::pattern;
 
 fn fast_timeouts() -> Config {
     let mut c = Config::default();

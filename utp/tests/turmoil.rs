@@ -19,6 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utp::net::{DatagramSocket, UtpSocket};
 use utp::Config;
 
+mod common;
+use common::pattern;
+
 /// A turmoil UDP socket that drops each sent datagram with probability `loss`,
 /// decided by its own seeded generator.
 struct LossySocket {
@@ -89,18 +92,6 @@ impl DatagramSocket for LossySocket {
         }
         self.inner.try_send_to(buf, target)
     }
-}
-
-fn pattern(len: usize, salt: u64) -> Vec<u8> {
-    let mut x = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn sim(seed: u64, secs: u64) -> turmoil::Sim<'static> {
