@@ -769,7 +769,6 @@ fn libutp_closes_first_and_ours_closes_cleanly() {
 /// This is libutp's own bug 5 ("the passive closer's FIN is never ACKed"), which the
 /// checklist says we must not have.
 #[test]
-#[ignore = "core bug: after close(), a peer FIN arriving in Linger is never acknowledged (ack_nr not advanced), so the peer gets a RESET"]
 fn ours_closes_first_and_libutp_closes_cleanly() {
     let mut net = Net::new(Config::default(), 8);
     net.record();
@@ -915,7 +914,6 @@ fn libutp_reset_for_our_fin_is_lost_once() {
 ///
 /// Lingering must outlast the peer's retransmission timer (checklist L bug 5), not ours.
 #[test]
-#[ignore = "core bug: linger (2 x our RTO, >= 1 s) ends before libutp resends its FIN (>= 1 s RTO on a 500 ms tick), so a lost ACK of libutp's FIN becomes a RESET"]
 fn lost_ack_of_libutp_fin_is_repaired_while_ours_lingers() {
     // Ours half-closes first; libutp answers, then closes. Our ACK of libutp's FIN is
     // lost: libutp resends its FIN after its RTO (≥ 1 s, checked every 500 ms, X4),

@@ -520,7 +520,12 @@ impl Connection {
             State::Linger => {
                 self.stats.packets_received += 1;
                 if matches!(h.ty, PacketType::Fin | PacketType::Data) {
-                    // The peer missed our ACK of its FIN: acknowledge again.
+                    // After close() we linger before the peer's FIN may have come: take
+                    // its data (discarded) and FIN so that ack_nr covers them, and
+                    // acknowledge again a FIN whose ACK the peer missed (libutp bug L5).
+                    if !self.peer_finished {
+                        self.handle_data(now, pkt);
+                    }
                     self.ack_due = true;
                 }
                 return;
@@ -1308,11 +1313,13 @@ impl Connection {
             self.state = State::Linger;
             self.events.push_back(Event::Closed(None));
             self.timers.stop_all();
+            // At least 4 s: libutp resends a FIN only after its 1 s minimum RTO, on a 500 ms
+            // tick, and backs off; a shorter linger answers its resent FIN with a RESET.
             let linger = self
                 .rtt
                 .rto()
                 .saturating_mul(self.config.linger_rtos)
-                .max(Duration::from_secs(1));
+                .max(Duration::from_secs(4));
             self.timers.set(Timer::Linger, now + linger);
         }
     }
