@@ -4,8 +4,8 @@
 //! Every transfer is checked byte for byte against a position-dependent pattern, and
 //! every test asserts how both sides ended (clean close, EOF, error), so each can fail.
 //! Known libutp behaviours that a test works around are named by their item in
-//! `BEP29-CHECKLIST.md` section L. Tests marked `#[ignore = "core bug: ..."]` fail
-//! because of a bug in our core (`utp/`); each says which.
+//! `BEP29-CHECKLIST.md` section L. Tests whose doc starts with "Core bug" found a bug
+//! in our core (`utp/`) and now guard its fix.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -811,7 +811,6 @@ fn ours_closes_first_and_libutp_closes_cleanly() {
 /// in `SynSent` (or `SynReceived`) terminates at once: the SYN is never sent, the
 /// written data is dropped, and the event is `Closed(None)`, a *clean* close.
 #[test]
-#[ignore = "core bug: close() while connecting drops the queued data (no SYN is even sent) and reports Closed(None)"]
 fn close_while_connecting_still_delivers_queued_data() {
     let mut net = Net::new(Config::default(), 12);
     let h = net.ours.connect(net.now, net.libutp_addr).expect("connect");
@@ -999,7 +998,6 @@ fn lost_ack_of_libutp_fin_is_repaired_while_ours_lingers() {
 /// A receiver must always take the next in-order packet (it is what lets the
 /// application drain the buffer), or make room for it by dropping out-of-order data.
 #[test]
-#[ignore = "core bug: out-of-order data can fill the receive buffer so the missing in-order packet is dropped forever (deadlock)"]
 fn out_of_order_data_never_locks_out_the_missing_packet() {
     let mut config = Config::default();
     config.recv_buffer_size = 20_000;
@@ -1150,7 +1148,6 @@ fn a_packet_lost_twice_is_recovered() {
 /// packet, halving the useful timeouts). BEP 29 G46 and RFC 6298 5.4: on a timeout,
 /// retransmit the earliest unacknowledged packet.
 #[test]
-#[ignore = "core bug: after a second retransmission timeout the oldest unacked packet queues behind later ones and is never resent"]
 fn a_packet_lost_again_after_a_timeout_is_resent_first() {
     let (net, done) = hole_in_our_stream(3);
     assert!(done, "stalled{}", diagnose(&net));

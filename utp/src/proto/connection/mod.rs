@@ -179,6 +179,7 @@ pub struct Connection {
     // Sending.
     send: SendBuffer,
     resend_pending: usize,
+    /// Packets waiting to be resent, in sequence order (oldest first), and why.
     resend_causes: VecDeque<(SeqNr, ResendCause)>,
     bytes_in_flight: usize,
     peer_window: usize,
@@ -489,13 +490,10 @@ impl Connection {
     pub(crate) fn close(&mut self, now: Instant) {
         self.app_closed = true;
         self.recv.discard();
-        match self.state {
-            State::SynSent | State::SynReceived => self.terminate(now, None, false),
-            _ => {
-                self.shutdown();
-                self.check_close(now);
-            }
-        }
+        // While connecting, the FIN waits in the queue behind any data written so far;
+        // both go out once the handshake completes.
+        self.shutdown();
+        self.check_close(now);
     }
 
     /// Abandons the connection at once; a RESET tells the peer.
@@ -885,7 +883,14 @@ impl Connection {
         p.fast_resent = true;
         self.bytes_in_flight -= usize::from(p.len);
         self.resend_pending += 1;
-        self.resend_causes.push_back((seq, cause));
+        // Keep the queue in sequence order (oldest first); losses are found mostly in
+        // order, so this scans little.
+        let at = self
+            .resend_causes
+            .iter()
+            .rposition(|&(s, _)| s.is_before(seq))
+            .map_or(0, |i| i + 1);
+        self.resend_causes.insert(at, (seq, cause));
         true
     }
 
@@ -1027,9 +1032,22 @@ impl Connection {
             p.fast_resent = false;
         }
         self.resend_pending += marked.len();
-        self.resend_causes.retain(|(s, _)| !marked.contains(s));
-        self.resend_causes
-            .extend(marked.into_iter().map(|s| (s, ResendCause::Timeout)));
+        // Both lists are in sequence order; merge them so the oldest hole goes first
+        // even when it was lost again after an earlier resend.
+        let queued = std::mem::take(&mut self.resend_causes);
+        let mut queued = queued.into_iter().peekable();
+        let mut marked = marked.into_iter().peekable();
+        loop {
+            let next = match (queued.peek(), marked.peek()) {
+                (Some(&(q, _)), Some(&m)) if m.is_before(q) => {
+                    marked.next().map(|m| (m, ResendCause::Timeout))
+                }
+                (Some(_), _) => queued.next(),
+                (None, Some(_)) => marked.next().map(|m| (m, ResendCause::Timeout)),
+                (None, None) => break,
+            };
+            self.resend_causes.extend(next);
+        }
         self.bytes_in_flight = 0;
         self.dup_acks = 0;
         // Fast retransmit may take every packet into account again.

@@ -74,7 +74,16 @@ impl RecvBuffer {
         if ahead > 0 && self.early.get(ahead - 1).is_some_and(Option::is_some) {
             return Insert::Duplicate;
         }
-        if data.len() > self.window() {
+        // The next in-order packet competes only with unread in-order bytes: it is
+        // what lets the application drain the buffer, so out-of-order data (which
+        // the peer may count as delivered once we SACK it, and so must be kept) can
+        // never lock it out. Total memory stays below capacity + one packet.
+        let room = if ahead == 0 {
+            self.capacity.saturating_sub(self.ordered.len())
+        } else {
+            self.window()
+        };
+        if data.len() > room {
             return Insert::Dropped;
         }
         if ahead > 0 {
@@ -201,6 +210,35 @@ mod tests {
         );
         assert_eq!(r.window(), 0);
         assert_eq!(r.insert(0, false, b"e"), Insert::Dropped);
+    }
+
+    #[test]
+    fn out_of_order_data_never_locks_out_the_next_packet() {
+        let mut r = RecvBuffer::new(6, 8);
+        assert_eq!(r.insert(1, false, b"bbb"), Insert::Early);
+        assert_eq!(r.insert(2, false, b"ccc"), Insert::Early);
+        assert_eq!(r.window(), 0);
+        assert_eq!(r.insert(3, false, b"d"), Insert::Dropped, "window full");
+        assert_eq!(
+            r.insert(0, false, b"aaa"),
+            Insert::InOrder {
+                delivered: 3,
+                fin: false
+            },
+            "the hole's packet is taken although early data fills the window"
+        );
+        let mut out = [0u8; 16];
+        assert_eq!(r.read(&mut out), 9);
+        assert_eq!(&out[..9], b"aaabbbccc");
+        // Unread in-order bytes still limit it: that is flow control.
+        assert_eq!(
+            r.insert(0, false, b"123456"),
+            Insert::InOrder {
+                delivered: 1,
+                fin: false
+            }
+        );
+        assert_eq!(r.insert(0, false, b"7"), Insert::Dropped);
     }
 
     #[test]

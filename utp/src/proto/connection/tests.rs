@@ -484,6 +484,32 @@ fn timeout_lets_one_packet_out() {
     assert_eq!(s.conn(h).stats().congestion_window, 1380);
 }
 
+// G46 with retransmission order: a packet lost again after a timeout is still resent
+// before the later ones (found by libutp interop:
+// `a_packet_lost_again_after_a_timeout_is_resent_first`).
+#[test]
+fn resends_go_oldest_first_after_repeated_timeouts() {
+    let mut s = Script::new(Config::default());
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    let now = s.now;
+    s.ep.write(now, h, &[7u8; 4 * 1380]).unwrap();
+    assert_eq!(s.sent().len(), 2, "LEDBAT's initial window: two packets");
+    // First timeout: seq 11 is resent, and lost again.
+    let first = s.advance_collect(Duration::from_millis(1000));
+    assert_eq!(first.len(), 1, "one packet after the timeout");
+    assert_eq!(first[0].1.h.seq_nr, SeqNr(11));
+    // Second timeout: 11 must come first again, before 12 still queued.
+    let second = s.advance_collect(Duration::from_millis(2000));
+    assert!(!second.is_empty());
+    assert_eq!(second[0].1.h.seq_nr, SeqNr(11), "the oldest hole first");
+    assert!(s
+        .conn(h)
+        .resend_causes
+        .iter()
+        .zip(s.conn(h).resend_causes.iter().skip(1))
+        .all(|(a, b)| a.0.is_before(b.0)));
+}
+
 // E34, G46, L10: a window smaller than one packet still lets one packet out when
 // nothing is in flight.
 #[test]
@@ -856,6 +882,36 @@ fn close_handshake_and_linger() {
     assert_eq!(again[0].h.ack_nr, SeqNr(101));
     s.advance(Duration::from_secs(5));
     assert!(s.ep.connection(h).is_none(), "released after lingering");
+}
+
+// Close while connecting: the data written so far and the FIN wait for the handshake
+// (found by libutp interop: `close_while_connecting_still_delivers_queued_data`).
+#[test]
+fn close_while_connecting_sends_data_and_fin_after_the_handshake() {
+    let mut s = Script::fixed();
+    let (now, peer) = (s.now, s.peer);
+    let h = s.ep.connect_with(now, peer, 1, SeqNr(10));
+    s.ep.write(now, h, b"queued").unwrap();
+    s.ep.close(now, h).unwrap();
+    let syn = s.sent();
+    assert_eq!(syn.len(), 1);
+    assert_eq!(syn[0].h.ty, PacketType::Syn);
+    assert!(
+        !s.has_event(h, Event::Closed(None)),
+        "not closed before connecting"
+    );
+    let ack = s.header(PacketType::State, 1, 100, 10);
+    s.recv(ack, &[], &[]);
+    let out = s.sent();
+    let kinds: Vec<_> = out.iter().map(|o| (o.h.ty, o.h.seq_nr)).collect();
+    assert_eq!(
+        kinds,
+        [(PacketType::Data, SeqNr(11)), (PacketType::Fin, SeqNr(12))]
+    );
+    assert_eq!(out[0].payload, b"queued");
+    let ack = s.header(PacketType::State, 1, 100, 12);
+    s.recv(ack, &[], &[]);
+    assert!(s.has_event(h, Event::Closed(None)));
 }
 
 // X3, L-section: a RESET after our FIN, with everything acknowledged, is a clean close.
