@@ -3,7 +3,7 @@
 use core::fmt::Write as _;
 use std::path::Path;
 
-use crate::scenario::{FlowKind, RunResult, EPOCH, FORWARD};
+use crate::scenario::{FlowKind, RunResult, Stack, EPOCH, FORWARD};
 
 /// A readable report: the scenario, each flow, the bottleneck.
 pub fn text(r: &RunResult) -> String {
@@ -38,18 +38,23 @@ pub fn text(r: &RunResult) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "flow  kind  start   stop    delivered      goodput    share  retransmits  finished"
+        "flow  kind     start   stop    delivered      goodput    share  retransmits  finished"
     );
     let total: f64 = r.flows.iter().map(|f| f.goodput_bps).sum();
     for (i, fl) in r.flows.iter().enumerate() {
         let kind = match fl.spec.kind {
-            FlowKind::Utp => "utp",
+            FlowKind::Utp | FlowKind::Libutp => match fl.spec.stacks() {
+                Some((Stack::Ours, Stack::Ours)) => "utp",
+                Some((Stack::Libutp, Stack::Libutp)) => "libutp",
+                Some((Stack::Ours, Stack::Libutp)) => "utp>lib",
+                _ => "lib>utp",
+            },
             FlowKind::Tcp => "tcp",
             FlowKind::Cbr => "cbr",
         };
         let _ = writeln!(
             o,
-            "{:>4}  {:<4}  {:>5.1}  {:>5}  {:>11}  {:>7.2} Mb/s  {:>5.1} %  {:>11}  {}",
+            "{:>4}  {:<7}  {:>5.1}  {:>5}  {:>11}  {:>7.2} Mb/s  {:>5.1} %  {:>11}  {}",
             i,
             kind,
             fl.spec.start_s,
@@ -169,7 +174,7 @@ pub fn write_plots(r: &RunResult, dir: &Path) -> std::io::Result<()> {
             .collect(),
     )];
     for (i, s) in &r.recorder.flows {
-        if r.scenario.flows[*i].kind == FlowKind::Utp {
+        if r.scenario.flows[*i].is_utp() {
             delays.push((
                 format!("flow {i} LEDBAT estimate"),
                 s.iter()

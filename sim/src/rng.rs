@@ -49,6 +49,11 @@ impl SimRng {
         p > 0.0 && self.unit() < p
     }
 
+    /// A uniformly random 64-bit number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.inner.next_u64()
+    }
+
     /// A uniform integer in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {

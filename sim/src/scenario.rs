@@ -30,7 +30,7 @@ use utp::{Config, Instant};
 use crate::engine::{LinkChange, Network, NodeId};
 use crate::link::{Link, LinkConfig, LossModel, QueueLimit};
 use crate::metrics::{jain, Recorder};
-use crate::nodes::{CbrNode, CbrSpec, TcpNode, TcpSpec, UtpNode, UtpSendSpec};
+use crate::nodes::{CbrNode, CbrSpec, LibutpNode, TcpNode, TcpSpec, UtpNode, UtpSendSpec};
 use crate::rng::SimRng;
 
 /// Serde helpers: a `Duration` written as (fractional) milliseconds.
@@ -62,10 +62,22 @@ pub mod millis {
 pub enum FlowKind {
     /// Our uTP with LEDBAT.
     Utp,
+    /// The real libutp (C++, in virtual time): the reference to compare with.
+    Libutp,
     /// The TCP model (CUBIC or NewReno, chosen by `tcp_cc`).
     Tcp,
     /// Constant-rate UDP.
     Cbr,
+}
+
+/// Which uTP implementation runs an end of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    /// This project's core.
+    Ours,
+    /// The reference libutp.
+    Libutp,
 }
 
 /// LEDBAT parameters a flow may override (absent fields keep the profile's value).
@@ -88,6 +100,11 @@ pub struct LedbatOverrides {
     pub slow_start: Option<bool>,
     /// Bytes per RTT cap on growth (libutp/libtorrent 3000).
     pub max_increase_per_rtt: Option<usize>,
+    /// Veno's random-loss test: fewer of our packets queued than this at a loss
+    /// means random loss (0 disables it).
+    pub random_loss_backlog_packets: Option<f64>,
+    /// Window factor on a loss judged random.
+    pub random_loss_reduction: Option<f64>,
 }
 
 /// One flow of a scenario.
@@ -112,6 +129,10 @@ pub struct FlowSpec {
     pub rate_bps: u64,
     /// CBR: datagram size; TCP: segment payload size.
     pub packet_bytes: usize,
+    /// uTP and libutp: the receiving end's implementation (`"ours"` or `"libutp"`);
+    /// absent, the same as the sender's, so `kind = "utp", peer = "libutp"` runs ours
+    /// against libutp.
+    pub peer: Option<Stack>,
     /// TCP: congestion control, `"cubic"` (RFC 9438, the default, as in Linux) or
     /// `"newreno"` (RFC 5681); both recover losses with SACK (RFC 6675).
     pub tcp_cc: String,
@@ -130,7 +151,25 @@ impl Default for FlowSpec {
             rate_bps: 1_000_000,
             packet_bytes: 1380,
             tcp_cc: "cubic".into(),
+            peer: None,
         }
+    }
+}
+
+impl FlowSpec {
+    /// The implementations at the sending and the receiving end of a uTP flow.
+    pub fn stacks(&self) -> Option<(Stack, Stack)> {
+        let sender = match self.kind {
+            FlowKind::Utp => Stack::Ours,
+            FlowKind::Libutp => Stack::Libutp,
+            FlowKind::Tcp | FlowKind::Cbr => return None,
+        };
+        Some((sender, self.peer.unwrap_or(sender)))
+    }
+
+    /// Whether this flow is uTP (ours or libutp, at either end).
+    pub fn is_utp(&self) -> bool {
+        self.stacks().is_some()
     }
 }
 
@@ -394,8 +433,13 @@ impl Scenario {
             if !(f.extra_delay_ms.is_finite() && f.extra_delay_ms >= 0.0) {
                 return Err(format!("flows[{i}]: extra_delay_ms must be >= 0"));
             }
-            if f.kind == FlowKind::Utp {
+            if f.kind == FlowKind::Utp || f.peer == Some(Stack::Ours) {
                 utp_config(f).map_err(|e| format!("flows[{i}]: {e}"))?;
+            }
+            if f.peer.is_some() && !f.is_utp() {
+                return Err(format!(
+                    "flows[{i}]: peer applies to utp and libutp flows only"
+                ));
             }
             if f.kind == FlowKind::Cbr
                 && (f.rate_bps == 0 || !(1..=65_000).contains(&f.packet_bytes))
@@ -467,6 +511,12 @@ fn apply(l: &mut LedbatConfig, o: &LedbatOverrides) {
     }
     if o.max_increase_per_rtt.is_some() {
         l.max_increase_per_rtt = o.max_increase_per_rtt;
+    }
+    if let Some(b) = o.random_loss_backlog_packets {
+        l.random_loss_backlog_packets = b;
+    }
+    if let Some(r) = o.random_loss_reduction {
+        l.random_loss_reduction = r;
     }
 }
 
@@ -565,8 +615,7 @@ pub fn run(s: &Scenario, capture: bool) -> Result<RunResult, String> {
         let stop = f.stop_s.map(secs);
         let (sender, receiver): (Box<dyn crate::engine::Node>, Box<dyn crate::engine::Node>) =
             match f.kind {
-                FlowKind::Utp => {
-                    let cfg = utp_config(f)?;
+                FlowKind::Utp | FlowKind::Libutp => {
                     let spec = UtpSendSpec {
                         flow: i,
                         remote: recv_addr,
@@ -574,12 +623,25 @@ pub fn run(s: &Scenario, capture: bool) -> Result<RunResult, String> {
                         start,
                         stop,
                     };
-                    (
-                        Box::new(
-                            UtpNode::new(send_addr, cfg.clone(), rng.seed32())?.with_sender(spec),
+                    let (send_stack, recv_stack) = f.stacks().unwrap_or((Stack::Ours, Stack::Ours));
+                    let sender: Box<dyn crate::engine::Node> = match send_stack {
+                        Stack::Ours => Box::new(
+                            UtpNode::new(send_addr, utp_config(f)?, rng.seed32())?
+                                .with_sender(spec),
                         ),
-                        Box::new(UtpNode::new(recv_addr, cfg, rng.seed32())?.with_receiver(i)),
-                    )
+                        Stack::Libutp => {
+                            Box::new(LibutpNode::new(send_addr, rng.next_u64()).with_sender(spec))
+                        }
+                    };
+                    let receiver: Box<dyn crate::engine::Node> = match recv_stack {
+                        Stack::Ours => Box::new(
+                            UtpNode::new(recv_addr, utp_config(f)?, rng.seed32())?.with_receiver(i),
+                        ),
+                        Stack::Libutp => {
+                            Box::new(LibutpNode::new(recv_addr, rng.next_u64()).with_receiver(i))
+                        }
+                    };
+                    (sender, receiver)
                 }
                 FlowKind::Tcp => {
                     let spec = TcpSpec {

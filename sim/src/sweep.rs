@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::link::{LossModel, QueueLimit};
-use crate::scenario::{run, FlowKind, Scenario};
+use crate::scenario::{run, FlowKind, Scenario, Stack};
 
 /// The parameters `--set` and `--vary` understand, with what they change.
 pub const PARAMETERS: &[(&str, &str)] = &[
@@ -28,6 +28,18 @@ pub const PARAMETERS: &[(&str, &str)] = &[
     ("min_window_packets", "LEDBAT minimum window (packets)"),
     ("base_history", "LEDBAT base-delay history (minutes)"),
     ("slow_start", "LEDBAT slow start (0 or 1)"),
+    (
+        "random_loss_backlog",
+        "Veno's random-loss test: packets of ours queued below which a loss is random (0 off)",
+    ),
+    (
+        "random_loss_reduction",
+        "LEDBAT window factor on a random loss (0..1)",
+    ),
+    (
+        "stack",
+        "every uTP flow: 0 ours, 1 libutp, 2 ours to libutp, 3 libutp to ours",
+    ),
 ];
 
 /// Sets parameter `name` to `value` in `s`; the error says what is accepted.
@@ -73,6 +85,29 @@ pub fn set(s: &mut Scenario, name: &str, value: f64) -> Result<(), String> {
         }
         "base_history" => utp_flows.for_each(|f| f.ledbat.base_history = Some(v as usize)),
         "slow_start" => utp_flows.for_each(|f| f.ledbat.slow_start = Some(v != 0.0)),
+        "random_loss_backlog" => {
+            utp_flows.for_each(|f| f.ledbat.random_loss_backlog_packets = Some(v))
+        }
+        "random_loss_reduction" => {
+            utp_flows.for_each(|f| f.ledbat.random_loss_reduction = Some(v.min(1.0)))
+        }
+        "stack" => {
+            let (kind, peer) = match v as u64 {
+                0 if v == 0.0 => (FlowKind::Utp, Stack::Ours),
+                1 if v == 1.0 => (FlowKind::Libutp, Stack::Libutp),
+                2 if v == 2.0 => (FlowKind::Utp, Stack::Libutp),
+                3 if v == 3.0 => (FlowKind::Libutp, Stack::Ours),
+                _ => {
+                    return Err(format!(
+                        "stack is 0 (ours), 1 (libutp), 2 (ours to libutp) or 3 (libutp to ours), got {v}"
+                    ))
+                }
+            };
+            for f in s.flows.iter_mut().filter(|f| f.is_utp()) {
+                f.kind = kind;
+                f.peer = Some(peer);
+            }
+        }
         other => {
             let names: Vec<&str> = PARAMETERS.iter().map(|(n, _)| *n).collect();
             return Err(format!(
@@ -167,7 +202,7 @@ fn measure(s: &Scenario, params: Vec<(String, f64)>) -> SweepRow {
             let all: Vec<usize> = (0..r.flows.len()).collect();
             let goodput = |i: usize| r.goodput(i, 0.0, span);
             let utp: f64 = (0..r.flows.len())
-                .filter(|&i| r.flows[i].spec.kind == FlowKind::Utp)
+                .filter(|&i| r.flows[i].spec.is_utp())
                 .map(goodput)
                 .sum();
             let total: f64 = all.iter().map(|&i| goodput(i)).sum();

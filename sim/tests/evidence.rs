@@ -18,6 +18,7 @@ fn go(s: &Scenario) -> RunResult {
 
 /// A lone LEDBAT flow fills a 10 Mbit/s bottleneck and holds the queuing delay near
 /// the 100 ms target; its own delay estimate matches the real queue.
+/// Covers: I50, I55
 #[test]
 fn lone_flow_fills_the_bottleneck_near_target_delay() {
     let s = scenario("alone");
@@ -44,22 +45,38 @@ fn lone_flow_fills_the_bottleneck_near_target_delay() {
     assert!(mean_err < 10.0, "estimate off by {mean_err} ms on average");
 }
 
-/// With 1 % random loss on a 200 ms RTT path, LEDBAT halves at most once per RTT like
-/// Reno; the Mathis bound for such a flow is 1.22 × MSS / (RTT × √p) ≈ 0.67 Mbit/s.
+/// With 1 % random loss on a 200 ms RTT path. A Reno-like flow that halves at every
+/// loss event gets about the Mathis bound, 1.22 × MSS / (RTT × √p) ≈ 0.67 Mbit/s. Our
+/// LEDBAT tells random loss from congestion by its own queue (Veno's test: fewer than
+/// three of its packets queued) and then gives up a fifth of the window instead of
+/// half; AIMD(1, 0.8) moves √3 ≈ 1.7 times as much as AIMD(1, 0.5), so expect well
+/// above the bound. With the test disabled it falls back to Reno's figure.
+/// Covers: F40
 #[test]
 fn throughput_under_random_loss_and_long_rtt() {
-    let r = go(&scenario("lossy"));
+    let s = scenario("lossy");
+    let r = go(&s);
     let goodput = r.goodput(0, 10.0, 60.0);
     let mathis = 1.22 * 1380.0 * 8.0 / (0.2 * 0.01f64.sqrt());
     assert!(
-        goodput > 0.6 * mathis,
+        goodput > 1.5 * mathis,
         "goodput {goodput} vs Mathis {mathis}"
     );
     assert!(goodput < 10e6, "cannot exceed the link");
     assert!(r.flows[0].retransmits > 10, "losses were repaired");
+
+    let mut reno = s.clone();
+    reno.flows[0].ledbat.random_loss_backlog_packets = Some(0.0);
+    let halving = go(&reno).goodput(0, 10.0, 60.0);
+    assert!(
+        (0.7 * mathis..1.6 * mathis).contains(&halving),
+        "halving at every loss: {halving} vs Mathis {mathis}"
+    );
+    assert!(goodput > 1.3 * halving, "{goodput} vs {halving}");
 }
 
 /// Two LEDBAT flows with the same base delay share the bottleneck fairly.
+/// Covers: I50
 #[test]
 fn two_flows_share_fairly() {
     let r = go(&scenario("share"));
@@ -104,6 +121,7 @@ fn latecomer_effect_and_how_configuration_changes_it() {
 
 /// Constant-rate UDP takes its 5 Mbit/s; LEDBAT uses what is left and takes the whole
 /// link back when it stops.
+/// Covers: I55
 #[test]
 fn ledbat_uses_what_constant_rate_traffic_leaves() {
     let r = go(&scenario("cbr"));
@@ -116,6 +134,7 @@ fn ledbat_uses_what_constant_rate_traffic_leaves() {
 }
 
 /// A delay step, a rate drop and an outage: the flow adapts and recovers.
+/// Covers: I51, I55
 #[test]
 fn link_changes_over_time() {
     let r = go(&scenario("changes"));
@@ -149,6 +168,7 @@ fn same_seed_same_pcap() {
 /// capacity back when it ends. The bottleneck jitters by up to 2 ms, as real paths
 /// do: in a perfectly periodic drop-tail queue only TCP's packets ever meet the full
 /// buffer (the phase effect), so LEDBAT would never see a loss.
+/// Covers: F40, I55
 #[test]
 fn ledbat_yields_to_tcp_and_takes_the_capacity_back() {
     let r = go(&scenario("yield"));

@@ -2,13 +2,17 @@
 //!
 //! - [`UtpNode`]: our uTP endpoint with a sending and/or receiving application.
 //! - [`TcpNode`]: a TCP model (CUBIC by default, or NewReno; SACK loss recovery), the loss-based competitor LEDBAT must yield to.
+//! - [`LibutpNode`]: the real libutp (C++) in virtual time, with the same applications
+//!   as [`UtpNode`], so any flow can run ours, libutp, or one against the other.
 //! - [`CbrNode`]: constant-rate UDP, and its sink.
 
 mod cbr;
+mod libutp_node;
 mod tcp;
 mod utp_node;
 
 pub use cbr::{CbrNode, CbrSpec};
+pub use libutp_node::LibutpNode;
 pub use tcp::{TcpNode, TcpSpec};
 pub use utp_node::{UtpNode, UtpSendSpec};
 

@@ -171,7 +171,7 @@ impl UtpNode {
 }
 
 /// Whether `data` equals the test stream from `offset` on.
-fn matches_pattern(pattern: &[u8], offset: u64, mut data: &[u8]) -> bool {
+pub(crate) fn matches_pattern(pattern: &[u8], offset: u64, mut data: &[u8]) -> bool {
     let mut off = (offset % PATTERN_LEN as u64) as usize;
     while !data.is_empty() {
         let n = data.len().min(PATTERN_LEN - off);

@@ -143,6 +143,19 @@ pub struct LedbatConfig {
     /// BEP 29: "max_window *= 0.5"; RFC 6817 halves at most once per RTT.
     /// Values are clamped to [0, 1]. Default 0.5.
     pub loss_reduction: f64,
+    /// Loss with almost no queue of ours at the bottleneck is taken as random (a
+    /// wireless or otherwise lossy link), not as congestion, and reduces the window by
+    /// [`LedbatConfig::random_loss_reduction`] only. "Almost no queue" is TCP Veno's
+    /// test (Fu and Liew, 2003; Linux `tcp_veno`): the packets this flow keeps queued,
+    /// `cwnd × queuing_delay / RTT`, number fewer than this. A queue that overflows
+    /// holds at least this many of our packets, so congestion still halves the window;
+    /// LEDBAT's delay response is unaffected. 0 disables the test (every loss is
+    /// congestion, as in RFC 6817, libutp and libtorrent). Default 3 (Veno's β).
+    pub random_loss_backlog_packets: f64,
+    /// Factor the window is multiplied by on a loss judged random (see
+    /// [`LedbatConfig::random_loss_backlog_packets`]), at most once per round trip.
+    /// Clamped to [0, 1]. Default 0.8 (Veno's 4/5).
+    pub random_loss_reduction: f64,
     /// A delay sample further than this from the base delay (in the wrapping sense)
     /// cannot be queuing (no queue holds a minute of traffic, and 60 s is also the
     /// largest retransmission timeout): it restarts the delay history, so that a garbage
@@ -178,6 +191,8 @@ impl LedbatConfig {
             slow_start_exit_fraction: 0.9,
             slow_start_exit_reduction: 0.5,
             loss_reduction: 0.5,
+            random_loss_backlog_packets: 3.0,
+            random_loss_reduction: 0.8,
             delay_reset_threshold: Duration::from_secs(60),
         }
     }
@@ -202,8 +217,9 @@ impl LedbatConfig {
             slow_start: true,
             slow_start_exit_fraction: 0.9,
             slow_start_exit_reduction: 1.0,
-            // maybe_decay_win: `max_window * 0.5`.
+            // maybe_decay_win: `max_window * 0.5`, whatever the queue.
             loss_reduction: 0.5,
+            random_loss_backlog_packets: 0.0,
             ..LedbatConfig::rfc6817()
         }
     }
@@ -225,8 +241,9 @@ impl LedbatConfig {
             slow_start: true,
             slow_start_exit_fraction: 1.0,
             slow_start_exit_reduction: 1.0,
-            // utp_loss_multiplier: 50 (%).
+            // utp_loss_multiplier: 50 (%), whatever the queue.
             loss_reduction: 0.5,
+            random_loss_backlog_packets: 0.0,
             ..LedbatConfig::rfc6817()
         }
     }
@@ -321,6 +338,9 @@ pub struct Ledbat {
     /// The congestion window in bytes; always finite and within the configured bounds.
     cwnd: f64,
     slow_start: bool,
+    /// Slow start ends when the window reaches this (TCP's ssthresh): the window after
+    /// the last loss reduction, or half the window before the last timeout.
+    ssthresh: f64,
     history: BaseHistory,
     /// CURRENT_FILTER: recent samples with their arrival time, oldest first.
     current: VecDeque<(Instant, u32)>,
@@ -339,6 +359,7 @@ impl Ledbat {
             config,
             mss: mss.max(1),
             cwnd: 0.0,
+            ssthresh: f64::INFINITY,
             history: BaseHistory::default(),
             current: VecDeque::new(),
             queuing_delay: None,
@@ -399,6 +420,18 @@ impl Ledbat {
                 self.current.pop_front();
             }
         }
+    }
+
+    /// Veno's test: fewer than `random_loss_backlog_packets` of our packets queued.
+    /// Without a delay estimate yet, a loss counts as congestion.
+    fn loss_looks_random(&self, smoothed_rtt: Duration) -> bool {
+        let beta = self.config.random_loss_backlog_packets;
+        let (Some(queuing), true) = (self.queuing_delay, beta > 0.0) else {
+            return false;
+        };
+        let rtt = duration_micros(smoothed_rtt).max(queuing).max(1) as f64;
+        let backlog = self.cwnd / self.mss as f64 * queuing as f64 / rtt;
+        backlog < beta
     }
 
     /// FILTER(current_delays) − MIN(base_delays), in microseconds, floored at zero.
@@ -474,8 +507,12 @@ impl CongestionController for Ledbat {
 
         let mut cwnd = if self.slow_start {
             // Slow start: cwnd += bytes_acked doubles the window every round trip; like
-            // libutp, never less than LEDBAT's own proposal.
-            (old + acked).max(ledbat_cwnd)
+            // libutp, never less than LEDBAT's own proposal, and it ends at ssthresh.
+            let ss = old + acked;
+            if ss >= self.ssthresh {
+                self.slow_start = false;
+            }
+            ss.min(self.ssthresh.max(old)).max(ledbat_cwnd)
         } else {
             ledbat_cwnd
         };
@@ -499,24 +536,43 @@ impl CongestionController for Ledbat {
                 return;
             }
         }
-        let factor = if self.config.loss_reduction.is_nan() {
+        let factor = if self.loss_looks_random(smoothed_rtt) {
+            self.config.random_loss_reduction
+        } else {
+            self.config.loss_reduction
+        };
+        let factor = if factor.is_nan() {
             0.5
         } else {
-            self.config.loss_reduction.clamp(0.0, 1.0)
+            factor.clamp(0.0, 1.0)
         };
         // Never below the minimum window, but a loss never raises the window either
         // (it may sit below the minimum right after a timeout).
         let reduced = (self.cwnd * factor).max(self.min_window());
         self.cwnd = reduced.min(self.cwnd);
+        self.ssthresh = self.cwnd;
         self.last_reduction = Some(now);
     }
 
     fn on_timeout(&mut self, now: Instant, mss: usize) {
         self.mss = mss.max(1);
-        // RFC 6817: "cwnd = 1 * MSS" on a retransmission timeout. No slow start
-        // afterwards (no ssthresh is kept): LEDBAT's delay-driven growth takes over.
+        // RFC 6817: "cwnd = 1 * MSS" on a retransmission timeout. Then, as TCP
+        // (RFC 5681: ssthresh = max(FlightSize / 2, 2 * SMSS)) and libutp do, slow start
+        // back up to half the window the timeout found, still ending early if the delay
+        // nears the target. Without it a lone timeout under random loss costs one round
+        // trip per packet of window to recover at GAIN 1.
+        let factor = if self.config.loss_reduction.is_nan() {
+            0.5
+        } else {
+            self.config.loss_reduction.clamp(0.0, 1.0)
+        };
+        // A repeated timeout finds the window at one MSS: ssthresh is then held, as
+        // RFC 5681 asks for a segment the timer already retransmitted.
+        if self.cwnd > self.mss as f64 {
+            self.ssthresh = (self.cwnd * factor).max(2.0 * self.mss as f64);
+        }
         self.cwnd = (self.mss as f64).min(self.config.max_window as f64);
-        self.slow_start = false;
+        self.slow_start = self.config.slow_start;
         self.last_reduction = Some(now);
     }
 
@@ -615,6 +671,7 @@ mod tests {
         config
     }
 
+    /// Covers: I50, X5, X6, X7
     #[test]
     fn profiles() {
         assert_eq!(LedbatConfig::default(), LedbatConfig::rfc6817());
@@ -637,6 +694,7 @@ mod tests {
         assert_eq!(cc.base_delay(), None);
     }
 
+    /// Covers: I52, I53, I55
     #[test]
     fn scripted_trace_grows_below_target_shrinks_above_and_holds_at_target() {
         let mut sim = Sim::new(LedbatConfig::default(), MSS);
@@ -683,6 +741,7 @@ mod tests {
         }
     }
 
+    /// Covers: I50
     #[test]
     fn slow_start_exits_above_nine_tenths_of_target() {
         let mut sim = Sim::new(LedbatConfig::default(), MSS);
@@ -703,14 +762,11 @@ mod tests {
         sim.round(Duration::from_millis(101));
         assert!(!sim.cc.in_slow_start());
 
-        // The first loss or timeout ends it too.
+        // The first loss ends it too.
         let mut sim = Sim::new(LedbatConfig::default(), MSS);
         sim.round(Duration::ZERO);
         assert!(sim.cc.in_slow_start());
         sim.cc.on_loss(sim.now, RTT, MSS);
-        assert!(!sim.cc.in_slow_start());
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
-        sim.cc.on_timeout(sim.now, MSS);
         assert!(!sim.cc.in_slow_start());
 
         // And a disabled slow start never starts.
@@ -720,6 +776,7 @@ mod tests {
         assert!(sim.round(Duration::ZERO) < 2 * before);
     }
 
+    /// Covers: F40, X14, I54
     #[test]
     fn loss_halves_at_most_once_per_rtt_and_never_below_min_window() {
         let config = LedbatConfig {
@@ -754,26 +811,82 @@ mod tests {
         assert_eq!(cc.window(), MSS);
     }
 
+    /// Veno's test: a loss with fewer than three of our packets queued is random and
+    /// costs a fifth of the window; with a queue it is congestion and halves it.
+    #[test]
+    fn random_loss_costs_less_than_congestion_loss() {
+        let config = LedbatConfig {
+            init_window_packets: 20,
+            slow_start: false,
+            ..LedbatConfig::default()
+        };
+        // 20 packets, 1 ms of queue in a 50 ms RTT: 0.4 packets of ours queued.
+        let mut sim = Sim::new(config.clone(), MSS);
+        sim.ack(MSS, 20 * MSS, Some(BASE + 1_000), RTT);
+        let w = sim.cc.cwnd;
+        sim.cc.on_loss(sim.now, RTT, MSS);
+        assert!((sim.cc.cwnd - 0.8 * w).abs() < 1.0, "random: × 0.8");
+        // 20 packets, 30 ms of queue: 12 packets of ours queued.
+        let mut sim = Sim::new(config.clone(), MSS);
+        for _ in 0..5 {
+            sim.ack(MSS, 20 * MSS, Some(BASE + 30_000), RTT);
+        }
+        let w = sim.cc.cwnd;
+        sim.cc.on_loss(sim.now, RTT, MSS);
+        assert!((sim.cc.cwnd - 0.5 * w).abs() < 1.0, "congestion: × 0.5");
+        // Disabled (libutp, libtorrent, or 0): always halves.
+        let mut sim = Sim::new(
+            LedbatConfig {
+                random_loss_backlog_packets: 0.0,
+                ..config
+            },
+            MSS,
+        );
+        sim.ack(MSS, 20 * MSS, Some(BASE + 1_000), RTT);
+        let w = sim.cc.cwnd;
+        sim.cc.on_loss(sim.now, RTT, MSS);
+        assert!((sim.cc.cwnd - 0.5 * w).abs() < 1.0);
+    }
+
+    /// Covers: G46, X5
     #[test]
     fn timeout_sets_window_to_one_mss() {
         let mut sim = Sim::new(LedbatConfig::default(), 1400);
         for _ in 0..4 {
             sim.round(Duration::ZERO);
         }
-        assert!(sim.cc.window() > 10 * 1400);
+        let before = sim.cc.window();
+        assert!(before > 10 * 1400);
         sim.cc.on_timeout(sim.now, 1400);
         assert_eq!(sim.cc.window(), 1400);
-        assert!(!sim.cc.in_slow_start());
-        // The next ACK applies RFC 6817's floor of MIN_CWND × MSS again.
+        // As in TCP and libutp, slow start takes the window back to half of what the
+        // timeout found (ssthresh), then LEDBAT's linear growth goes on.
+        assert!(sim.cc.in_slow_start());
         sim.now += RTT;
         sim.ack(1400, 1400, Some(BASE), RTT);
-        assert_eq!(sim.cc.window(), 2800);
+        assert_eq!(sim.cc.window(), 2800, "doubling from one MSS");
+        for _ in 0..10 {
+            sim.round(Duration::ZERO);
+        }
+        assert!(!sim.cc.in_slow_start(), "left at ssthresh");
+        let w = sim.cc.window();
+        assert!(
+            w >= before / 2 && w < before / 2 + 12 * 1400,
+            "window {w}: about half of {before} plus linear growth"
+        );
+        // A timeout repeated before any ACK keeps ssthresh (RFC 5681).
+        let mut cc = Ledbat::new(LedbatConfig::default(), Instant::ZERO, 1400);
+        cc.cwnd = 40.0 * 1400.0;
+        cc.on_timeout(Instant::from_millis(1), 1400);
+        cc.on_timeout(Instant::from_millis(2000), 1400);
+        assert_eq!(cc.ssthresh, 20.0 * 1400.0);
 
         let mut cc = Ledbat::new(LedbatConfig::libtorrent(), Instant::ZERO, 1400);
         cc.on_timeout(Instant::from_millis(1), 1400);
         assert_eq!(cc.window(), 1400);
     }
 
+    /// Covers: I51
     #[test]
     fn lower_base_delay_takes_effect_at_once() {
         let mut sim = Sim::new(LedbatConfig::default(), MSS);
@@ -794,6 +907,7 @@ mod tests {
         }
     }
 
+    /// Covers: I51, X6
     #[test]
     fn higher_base_delay_only_after_history_elapses() {
         for (config, minutes) in [
@@ -836,6 +950,7 @@ mod tests {
         }
     }
 
+    /// Covers: I52
     #[test]
     fn queuing_delay_is_computed_across_the_timestamp_wrap() {
         let mut sim = Sim::unprimed(LedbatConfig::default(), MSS);
@@ -857,6 +972,7 @@ mod tests {
         assert_eq!(sim.cc.queuing_delay(), Some(Duration::from_micros(512)));
     }
 
+    /// Covers: I52
     #[test]
     fn current_delay_is_min_of_recent_samples() {
         let mut sim = Sim::new(no_slow_start(LedbatConfig::default()), MSS);
@@ -878,6 +994,7 @@ mod tests {
         assert_eq!(sim.cc.queuing_delay(), Some(Duration::from_millis(30)));
     }
 
+    /// Covers: I52, L8
     #[test]
     fn queuing_delay_never_exceeds_the_rtt() {
         let mut sim = Sim::new(LedbatConfig::default(), MSS);
@@ -891,6 +1008,7 @@ mod tests {
         assert_eq!(sim.cc.queuing_delay(), Some(Duration::from_millis(30)));
     }
 
+    /// Covers: L8, X13
     #[test]
     fn absurd_sample_restarts_history_instead_of_wedging() {
         let mut sim = Sim::new(LedbatConfig::default(), MSS);
@@ -958,6 +1076,7 @@ mod tests {
         assert_eq!(sim.cc.window(), before);
     }
 
+    /// Covers: I53
     #[test]
     fn allowed_increase_stops_growth_of_application_limited_flow() {
         for config in [
@@ -984,6 +1103,7 @@ mod tests {
         }
     }
 
+    /// Covers: X7, I53
     #[test]
     fn max_increase_per_rtt_caps_growth_in_libutp_profile() {
         const MSS: usize = 1400;
@@ -1024,6 +1144,7 @@ mod tests {
         }
     }
 
+    /// Covers: I54
     #[test]
     fn window_stays_within_max_window() {
         let config = LedbatConfig {
@@ -1130,8 +1251,9 @@ mod tests {
             (any::<usize>(), duration(), any::<usize>(), any::<usize>()),
             (any::<usize>(), any::<usize>(), any::<usize>(), any::<f64>()),
             (any::<bool>(), any::<f64>(), any::<f64>(), duration()),
+            (any::<f64>(), any::<f64>()),
         )
-            .prop_map(|(a, b, c, d)| LedbatConfig {
+            .prop_map(|(a, b, c, d, e)| LedbatConfig {
                 target: a.0,
                 gain: a.1,
                 decrease_gain: a.2,
@@ -1148,6 +1270,8 @@ mod tests {
                 slow_start_exit_fraction: d.1,
                 slow_start_exit_reduction: d.2,
                 loss_reduction: d.2,
+                random_loss_backlog_packets: e.0,
+                random_loss_reduction: e.1,
                 delay_reset_threshold: d.3,
             })
     }
@@ -1160,6 +1284,7 @@ mod tests {
             ..ProptestConfig::default()
         })]
 
+        /// Covers: I54, L10
         #[test]
         fn random_events_keep_window_in_bounds(
             config in profile(),
@@ -1181,6 +1306,7 @@ mod tests {
             }
         }
 
+        /// Covers: L8
         #[test]
         fn hostile_configs_and_changing_mss_never_panic(
             config in hostile_config(),

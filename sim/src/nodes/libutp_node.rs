@@ -1,0 +1,318 @@
+//! A node running the real libutp (the reference C++ implementation) in virtual time.
+//!
+//! The node wraps [`LibutpPeer`] from the conformance crate, which overrides libutp's
+//! clock and random callbacks, pads every datagram it hands to libutp, issues the
+//! deferred ACKs after each delivery and ticks `utp_check_timeouts` every 500 ms of
+//! virtual time (checklist section L). Its applications mirror [`super::UtpNode`]'s: a
+//! bulk sender of the test pattern and a receiver that accepts every connection and
+//! checks every byte, so a flow can run ours→ours, libutp→libutp, or either against
+//! the other on the same links.
+//!
+//! libutp exposes neither its congestion window nor its retransmission count in a
+//! release build, so the node derives them from the datagrams it sends and receives:
+//! the window is reported as the bytes in flight (sent DATA above the peer's
+//! cumulative ACK), and a retransmission is a DATA packet whose `seq_nr` was sent
+//! before. The delay estimate is libutp's own (`UTP_ON_DELAY_SAMPLE`).
+//!
+//! All libutp contexts of one simulation live on the thread that runs it (libutp has
+//! process-global statics); sweeps run each simulation on its own thread.
+
+use core::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use utp::wire::{Packet, PacketType, SeqNr};
+use utp::Instant;
+use utp_conformance::libutp::{LibutpEvent, LibutpPeer, SocketId};
+
+use super::{pattern, PATTERN_LEN};
+use crate::engine::Node;
+use crate::metrics::FlowSample;
+use crate::nodes::utp_node::matches_pattern;
+use crate::nodes::UtpSendSpec;
+
+#[derive(Debug)]
+struct Sender {
+    spec: UtpSendSpec,
+    socket: Option<SocketId>,
+    connected: bool,
+    written: u64,
+    shut: bool,
+    /// Highest DATA seq_nr sent (None before the first).
+    highest_sent: Option<SeqNr>,
+    /// Payload bytes of each DATA packet sent and not yet cumulatively acknowledged.
+    unacked: HashMap<u16, usize>,
+    in_flight: u64,
+    retransmits: u64,
+}
+
+#[derive(Debug)]
+struct Receiver {
+    flow: usize,
+    conns: Vec<(SocketId, u64, bool)>,
+    delivered: u64,
+    finished: Option<Instant>,
+}
+
+/// A host with one libutp context (one address) and its applications.
+pub struct LibutpNode {
+    addr: SocketAddr,
+    peer: LibutpPeer,
+    sender: Option<Sender>,
+    receiver: Option<Receiver>,
+    pattern: Vec<u8>,
+    read_buf: Vec<u8>,
+    now: Instant,
+    failure: Option<String>,
+}
+
+impl LibutpNode {
+    /// A node at `addr`; `seed` seeds libutp's random numbers (connection ids and
+    /// initial sequence numbers, so also whether its fast retransmit works, checklist
+    /// L bug 1).
+    pub fn new(addr: SocketAddr, seed: u64) -> LibutpNode {
+        LibutpNode {
+            addr,
+            peer: LibutpPeer::new(addr, seed),
+            sender: None,
+            receiver: None,
+            pattern: pattern(),
+            read_buf: vec![0u8; 1 << 16],
+            now: Instant::from_micros(0),
+            failure: None,
+        }
+    }
+
+    /// Adds a sending application.
+    pub fn with_sender(mut self, spec: UtpSendSpec) -> LibutpNode {
+        self.sender = Some(Sender {
+            spec,
+            socket: None,
+            connected: false,
+            written: 0,
+            shut: false,
+            highest_sent: None,
+            unacked: HashMap::new(),
+            in_flight: 0,
+            retransmits: 0,
+        });
+        self
+    }
+
+    /// Adds a receiving application for flow `flow` (it accepts every connection).
+    pub fn with_receiver(mut self, flow: usize) -> LibutpNode {
+        self.receiver = Some(Receiver {
+            flow,
+            conns: Vec::new(),
+            delivered: 0,
+            finished: None,
+        });
+        self
+    }
+
+    /// The libutp peer, for inspection.
+    pub fn peer(&self) -> &LibutpPeer {
+        &self.peer
+    }
+
+    fn pump(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(ev) = self.peer.poll_event() {
+            match ev {
+                LibutpEvent::Accepted { socket, .. } => {
+                    if let Some(r) = &mut self.receiver {
+                        r.conns.push((socket, 0, false));
+                    }
+                }
+                LibutpEvent::Connected(_) => {
+                    if let Some(s) = &mut self.sender {
+                        s.connected = true;
+                    }
+                }
+                LibutpEvent::Eof(socket) => {
+                    if let Some(r) = &mut self.receiver {
+                        if let Some(c) = r.conns.iter_mut().find(|c| c.0 == socket) {
+                            c.2 = true;
+                        }
+                    }
+                }
+                LibutpEvent::Error(socket, e) => {
+                    let stopping = self
+                        .sender
+                        .as_ref()
+                        .is_some_and(|s| s.spec.stop.is_some_and(|t| now >= t));
+                    if !stopping && self.failure.is_none() {
+                        self.failure = Some(format!("{} libutp {socket} failed: {e}", self.addr));
+                    }
+                    self.peer.close(now, socket);
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = &mut self.sender {
+            if s.socket.is_none() && now >= s.spec.start {
+                s.socket = Some(self.peer.connect(now, s.spec.remote));
+            }
+            if let (Some(sock), true) = (s.socket, s.connected) {
+                let stop = s.spec.stop.is_some_and(|t| now >= t);
+                let total = s.spec.bytes.unwrap_or(u64::MAX);
+                while !stop && s.written < total {
+                    let off = (s.written % PATTERN_LEN as u64) as usize;
+                    let n = ((total - s.written).min((PATTERN_LEN - off) as u64)) as usize;
+                    let k = self.peer.write(now, sock, &self.pattern[off..off + n]);
+                    if k == 0 {
+                        break;
+                    }
+                    s.written += k as u64;
+                }
+                if !s.shut && (s.written == total || stop) {
+                    s.shut = true;
+                    if stop {
+                        self.peer.close(now, sock);
+                    } else {
+                        self.peer.shutdown(now, sock);
+                    }
+                }
+            }
+        }
+        if let Some(r) = &mut self.receiver {
+            for (socket, offset, eof) in r.conns.iter_mut() {
+                loop {
+                    let n = self.peer.read(now, *socket, &mut self.read_buf);
+                    if n == 0 {
+                        break;
+                    }
+                    if !matches_pattern(&self.pattern, *offset, &self.read_buf[..n])
+                        && self.failure.is_none()
+                    {
+                        self.failure = Some(format!(
+                            "flow {}: libutp received corrupted data near byte {}",
+                            r.flow, offset
+                        ));
+                    }
+                    *offset += n as u64;
+                    r.delivered += n as u64;
+                }
+                if *eof && r.finished.is_none() {
+                    r.finished = Some(now);
+                    self.peer.close(now, *socket);
+                }
+            }
+        }
+    }
+
+    /// Follows the sender's DATA and the ACKs it gets, for the derived statistics.
+    fn observe_sent(&mut self, data: &[u8]) {
+        let Some(s) = &mut self.sender else { return };
+        let Ok(p) = Packet::decode(data) else { return };
+        if !matches!(p.header.ty, PacketType::Data | PacketType::Fin) {
+            return;
+        }
+        let seq = p.header.seq_nr;
+        if s.highest_sent.is_some_and(|h| !seq.is_after(h)) {
+            s.retransmits += 1;
+        } else {
+            s.highest_sent = Some(seq);
+        }
+        if s.unacked.insert(seq.0, p.payload.len()).is_none() {
+            s.in_flight += p.payload.len() as u64;
+        }
+    }
+
+    fn observe_received(&mut self, data: &[u8]) {
+        let Some(s) = &mut self.sender else { return };
+        let Ok(p) = Packet::decode(data) else { return };
+        if s.unacked.is_empty() {
+            return;
+        }
+        let ack = p.header.ack_nr;
+        let mut acked = 0;
+        s.unacked.retain(|&seq, len| {
+            let done = !SeqNr(seq).is_after(ack);
+            if done {
+                acked += *len as u64;
+            }
+            !done
+        });
+        if let Some(sack) = p.selective_ack() {
+            for seq in sack.acked(ack) {
+                if let Some(len) = s.unacked.remove(&seq.0) {
+                    acked += len as u64;
+                }
+            }
+        }
+        s.in_flight = s.in_flight.saturating_sub(acked);
+    }
+}
+
+impl Node for LibutpNode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _to: SocketAddr, data: &[u8]) {
+        self.observe_received(data);
+        self.peer.handle_datagram(now, from, data);
+        self.pump(now);
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        let tick = self.peer.poll_timeout(self.now);
+        let app = self.sender.as_ref().and_then(|s| {
+            if s.socket.is_none() {
+                Some(s.spec.start)
+            } else if !s.shut {
+                s.spec.stop
+            } else {
+                None
+            }
+        });
+        [Some(tick), app].into_iter().flatten().min()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.peer.handle_timeout(now);
+        self.pump(now);
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(SocketAddr, SocketAddr, usize)> {
+        self.now = now;
+        let (to, data) = self.peer.poll_transmit()?;
+        if data.len() > buf.len() {
+            // Cannot happen with libutp's packet sizes (at most 1402 bytes of payload).
+            self.failure
+                .get_or_insert_with(|| format!("libutp sent a {}-byte datagram", data.len()));
+            return None;
+        }
+        self.observe_sent(&data);
+        buf[..data.len()].copy_from_slice(&data);
+        Some((self.addr, to, data.len()))
+    }
+
+    fn report(&self, _now: Instant, out: &mut Vec<FlowSample>) {
+        if let Some(s) = &self.sender {
+            let stats = s.socket.and_then(|sock| self.peer.stats(sock));
+            out.push(FlowSample {
+                flow: s.spec.flow,
+                cwnd: Some(s.in_flight),
+                rtt: None,
+                delay_estimate: stats
+                    .map(|st| Duration::from_millis(st.last_delay_sample_ms.max(0) as u64)),
+                retransmits: Some(s.retransmits),
+                ..FlowSample::default()
+            });
+        }
+        if let Some(r) = &self.receiver {
+            out.push(FlowSample {
+                flow: r.flow,
+                delivered: Some(r.delivered),
+                finished: r.finished,
+                ..FlowSample::default()
+            });
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+}
