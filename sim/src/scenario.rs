@@ -133,6 +133,10 @@ pub struct FlowSpec {
     /// absent, the same as the sender's, so `kind = "utp", peer = "libutp"` runs ours
     /// against libutp.
     pub peer: Option<Stack>,
+    /// libutp sender: its initial seq_nr, pinned instead of drawn (libutp's fast
+    /// retransmit works for about half of them, checklist L bug 1; 16384 is one that
+    /// works). Absent: drawn from the seed, as libutp does.
+    pub libutp_seq_nr: Option<u16>,
     /// TCP: congestion control, `"cubic"` (RFC 9438, the default, as in Linux) or
     /// `"newreno"` (RFC 5681); both recover losses with SACK (RFC 6675).
     pub tcp_cc: String,
@@ -152,6 +156,7 @@ impl Default for FlowSpec {
             packet_bytes: 1380,
             tcp_cc: "cubic".into(),
             peer: None,
+            libutp_seq_nr: None,
         }
     }
 }
@@ -629,9 +634,11 @@ pub fn run(s: &Scenario, capture: bool) -> Result<RunResult, String> {
                             UtpNode::new(send_addr, utp_config(f)?, rng.seed32())?
                                 .with_sender(spec),
                         ),
-                        Stack::Libutp => {
-                            Box::new(LibutpNode::new(send_addr, rng.next_u64()).with_sender(spec))
-                        }
+                        Stack::Libutp => Box::new(
+                            LibutpNode::new(send_addr, rng.next_u64())
+                                .with_initial_seq_nr(f.libutp_seq_nr)
+                                .with_sender(spec),
+                        ),
                     };
                     let receiver: Box<dyn crate::engine::Node> = match recv_stack {
                         Stack::Ours => Box::new(

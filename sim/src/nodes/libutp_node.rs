@@ -62,6 +62,7 @@ pub struct LibutpNode {
     receiver: Option<Receiver>,
     pattern: Vec<u8>,
     read_buf: Vec<u8>,
+    pinned_seq_nr: Option<u16>,
     now: Instant,
     failure: Option<String>,
 }
@@ -78,6 +79,7 @@ impl LibutpNode {
             receiver: None,
             pattern: pattern(),
             read_buf: vec![0u8; 1 << 16],
+            pinned_seq_nr: None,
             now: Instant::from_micros(0),
             failure: None,
         }
@@ -107,6 +109,13 @@ impl LibutpNode {
             delivered: 0,
             finished: None,
         });
+        self
+    }
+
+    /// Pins the initial seq_nr of the sender's connection instead of drawing it (see
+    /// `LibutpPeer::connect_with_seq_nr`: with 0x4000, libutp's fast retransmit works).
+    pub fn with_initial_seq_nr(mut self, seq_nr: Option<u16>) -> LibutpNode {
+        self.pinned_seq_nr = seq_nr;
         self
     }
 
@@ -151,7 +160,10 @@ impl LibutpNode {
         }
         if let Some(s) = &mut self.sender {
             if s.socket.is_none() && now >= s.spec.start {
-                s.socket = Some(self.peer.connect(now, s.spec.remote));
+                s.socket = Some(match self.pinned_seq_nr {
+                    Some(seq) => self.peer.connect_with_seq_nr(now, s.spec.remote, seq),
+                    None => self.peer.connect(now, s.spec.remote),
+                });
             }
             if let (Some(sock), true) = (s.socket, s.connected) {
                 let stop = s.spec.stop.is_some_and(|t| now >= t);

@@ -1,0 +1,252 @@
+//! LEDBAT under loss and delay, in virtual time: ours against the real libutp on the
+//! same simulated links.
+//!
+//! Every cell of a grid (bottleneck rate × RTT × random loss × queue depth) moves a
+//! fixed number of bytes through the deterministic simulator (`utp-sim`), once with our
+//! stack at both ends and once with libutp at both ends. Criterion's `iter_custom`
+//! returns the *simulated* transfer time, and `Throughput::Bytes` turns it into
+//! goodput, so the figures are exact and the same on every machine. libutp's initial
+//! seq_nr is pinned to one for which its fast retransmit works (checklist L bug 1);
+//! otherwise its results swing severalfold with the seed.
+//!
+//! After the criterion runs, the bench prints one table (ours / libutp goodput per
+//! cell) and writes it to `target/ledbat-grid.md`.
+//!
+//! ```text
+//! cargo bench -p utp-benches --bench ledbat_grid            # the grid
+//! cargo bench -p utp-benches --bench ledbat_grid -- 50ms    # cells matching a filter
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use utp_sim::link::{LossModel, QueueLimit};
+use utp_sim::scenario::{FlowKind, FlowSpec, Stack};
+use utp_sim::{run, Scenario};
+
+/// libutp's initial seq_nr in every libutp run: its fast retransmit works with it.
+const LIBUTP_SEQ_NR: u16 = 0x4000;
+/// Simulated time after which a transfer is abandoned (it then counts as moving the
+/// bytes delivered so far in this time).
+const LIMIT: Duration = Duration::from_secs(1200);
+
+/// One cell of the grid.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+struct Cell {
+    rate_mbit: u64,
+    rtt_ms: u64,
+    loss_pct: f64,
+    /// Queue depth in ms of the bottleneck rate.
+    queue_ms: u64,
+}
+
+impl Cell {
+    fn label(&self) -> String {
+        let depth = if self.queue_ms < 100 {
+            "shallow"
+        } else {
+            "deep"
+        };
+        format!(
+            "{}M/{}ms/{}%/{}",
+            self.rate_mbit, self.rtt_ms, self.loss_pct, depth
+        )
+    }
+
+    /// Bytes to move: about 4 s at full rate on a clean link.
+    fn bytes(&self) -> u64 {
+        self.rate_mbit * 1_000_000 / 8 * 4
+    }
+
+    fn scenario(&self, stack: Stack) -> Scenario {
+        let mut s = Scenario {
+            name: self.label(),
+            seed: 7,
+            duration_s: LIMIT.as_secs_f64(),
+            resolution_ms: 100.0,
+            ..Scenario::default()
+        };
+        let rate = self.rate_mbit * 1_000_000;
+        let one_way = Duration::from_millis(self.rtt_ms / 2);
+        s.forward.rate_bps = rate;
+        s.forward.delay = one_way;
+        s.forward.queue = QueueLimit::Bytes(rate / 8 * self.queue_ms / 1000);
+        s.forward.loss = LossModel::Bernoulli {
+            p: self.loss_pct / 100.0,
+        };
+        s.reverse.rate_bps = rate;
+        s.reverse.delay = one_way;
+        s.flows = vec![FlowSpec {
+            kind: match stack {
+                Stack::Ours => FlowKind::Utp,
+                Stack::Libutp => FlowKind::Libutp,
+            },
+            bytes: Some(self.bytes()),
+            libutp_seq_nr: Some(LIBUTP_SEQ_NR),
+            ..FlowSpec::default()
+        }];
+        s
+    }
+}
+
+fn grid() -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for rate_mbit in [10, 100] {
+        for rtt_ms in [10, 50, 200] {
+            for loss_pct in [0.0, 0.1, 1.0, 5.0] {
+                for queue_ms in [20, 250] {
+                    cells.push(Cell {
+                        rate_mbit,
+                        rtt_ms,
+                        loss_pct,
+                        queue_ms,
+                    });
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// What one transfer measured.
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    /// Simulated time to move the cell's bytes (extrapolated if it hit [`LIMIT`]).
+    time: Duration,
+    /// Mean queuing delay at the bottleneck.
+    queue_ms: f64,
+    finished: bool,
+}
+
+impl Outcome {
+    fn goodput_mbit(&self, bytes: u64) -> f64 {
+        bytes as f64 * 8.0 / self.time.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// Runs one transfer. Deterministic: the same cell and stack give the same outcome.
+fn transfer(cell: Cell, stack: Stack) -> Outcome {
+    let s = cell.scenario(stack);
+    let r = match run(&s, false) {
+        Ok(r) => r,
+        Err(e) => panic!("{}: {e}", cell.label()),
+    };
+    if let Some(f) = &r.failure {
+        panic!("{} {stack:?}: {f}", cell.label());
+    }
+    let flow = &r.flows[0];
+    let queue_ms = r.links[0].mean_queue_delay().as_secs_f64() * 1e3;
+    match flow.finished {
+        Some(t) => Outcome {
+            time: t,
+            queue_ms,
+            finished: true,
+        },
+        None => {
+            // Unfinished: the time the whole transfer would take at the rate so far.
+            let part = flow.delivered.max(1) as f64 / cell.bytes() as f64;
+            Outcome {
+                time: r.simulated.div_f64(part.min(1.0)),
+                queue_ms,
+                finished: false,
+            }
+        }
+    }
+}
+
+/// Outcomes seen during this process run, for the summary table.
+static SEEN: Mutex<BTreeMap<(String, &'static str), Outcome>> = Mutex::new(BTreeMap::new());
+
+fn stack_name(stack: Stack) -> &'static str {
+    match stack {
+        Stack::Ours => "ours",
+        Stack::Libutp => "libutp",
+    }
+}
+
+fn ledbat_grid(c: &mut Criterion) {
+    for cell in grid() {
+        let mut g = c.benchmark_group(format!("ledbat/{}", cell.label()));
+        g.throughput(Throughput::Bytes(cell.bytes()));
+        g.sampling_mode(SamplingMode::Flat);
+        for stack in [Stack::Ours, Stack::Libutp] {
+            g.bench_function(BenchmarkId::from_parameter(stack_name(stack)), |b| {
+                b.iter_custom(|iters| {
+                    let o = transfer(cell, stack);
+                    SEEN.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((cell.label(), stack_name(stack)), o);
+                    o.time * u32::try_from(iters).unwrap_or(u32::MAX)
+                })
+            });
+        }
+        g.finish();
+    }
+    summary();
+}
+
+/// Prints the ours / libutp table for the cells that ran, and writes it to
+/// `target/ledbat-grid.md`.
+fn summary() {
+    let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.is_empty() {
+        return;
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| cell (rate/RTT/loss/queue) | ours Mbit/s | libutp Mbit/s | ours / libutp | queue ms ours | queue ms libutp |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|");
+    let mut ratios = Vec::new();
+    for cell in grid() {
+        let label = cell.label();
+        let (Some(o), Some(l)) = (
+            seen.get(&(label.clone(), "ours")),
+            seen.get(&(label.clone(), "libutp")),
+        ) else {
+            continue;
+        };
+        let (go, gl) = (o.goodput_mbit(cell.bytes()), l.goodput_mbit(cell.bytes()));
+        let mark = |x: &Outcome| if x.finished { "" } else { " (unfinished)" };
+        ratios.push(go / gl);
+        let _ = writeln!(
+            t,
+            "| {label} | {go:.2}{} | {gl:.2}{} | {:.2} | {:.0} | {:.0} |",
+            mark(o),
+            mark(l),
+            go / gl,
+            o.queue_ms,
+            l.queue_ms
+        );
+    }
+    if !ratios.is_empty() {
+        let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+        let min = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let _ = writeln!(
+            t,
+            "\n{} cells: ours / libutp geometric mean {geo:.2}, lowest {min:.2}",
+            ratios.len()
+        );
+    }
+    println!("\n{t}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _ = std::fs::write(dir.join("ledbat-grid.md"), &t);
+}
+
+criterion_group! {
+    name = benches;
+    // Simulated time is returned, so the timings have no noise: few samples suffice.
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1))
+        .without_plots();
+    targets = ledbat_grid
+}
+criterion_main!(benches);
