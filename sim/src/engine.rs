@@ -7,7 +7,8 @@
 
 use core::time::Duration;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use utp::Instant;
@@ -46,10 +47,49 @@ pub trait Node {
     }
 }
 
+/// A multiply-and-rotate hasher for the engine's small, trusted keys (node addresses
+/// and node pairs chosen by the scenario): SipHash showed up in profiles.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
 #[derive(Debug)]
 enum Ev {
     TxDone(LinkId),
-    Arrive { pkt: usize },
+    Arrive {
+        pkt: usize,
+    },
+    /// The packet at the head of a link's in-order wire arrives.
+    WireHead(LinkId),
     Timer(NodeId),
     Change(usize),
     Sample,
@@ -73,6 +113,8 @@ struct Packet {
     data: Vec<u8>,
     from: SocketAddr,
     to: SocketAddr,
+    /// The node it is addressed to.
+    dst: NodeId,
     route: usize,
     hop: usize,
 }
@@ -85,11 +127,15 @@ pub struct Network {
     /// The earliest timer event queued for each node (at most one is kept early
     /// enough; later deadlines are re-armed when it fires).
     node_timer_queued: Vec<Option<Instant>>,
-    hosts: HashMap<IpAddr, NodeId>,
+    hosts: FastMap<IpAddr, NodeId>,
     /// The links, for inspection.
     pub links: Vec<Link>,
+    /// Per link, packets propagating in order of arrival (the common case: no
+    /// reordering). Only the head has an event in the heap, which keeps the heap small;
+    /// a packet that would overtake goes to the heap as an `Arrive` event instead.
+    wires: Vec<VecDeque<(Instant, usize)>>,
     routes: Vec<Vec<LinkId>>,
-    route_of: HashMap<(NodeId, NodeId), usize>,
+    route_of: FastMap<(NodeId, NodeId), usize>,
     events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     event_slots: Vec<Option<Ev>>,
     free_events: Vec<usize>,
@@ -117,10 +163,11 @@ impl Network {
             nodes: Vec::new(),
             node_deadline: Vec::new(),
             node_timer_queued: Vec::new(),
-            hosts: HashMap::new(),
+            hosts: FastMap::default(),
             links: Vec::new(),
+            wires: Vec::new(),
             routes: Vec::new(),
-            route_of: HashMap::new(),
+            route_of: FastMap::default(),
             events: BinaryHeap::new(),
             event_slots: Vec::new(),
             free_events: Vec::new(),
@@ -157,6 +204,7 @@ impl Network {
     /// Adds a link; returns its id.
     pub fn add_link(&mut self, link: Link) -> LinkId {
         self.links.push(link);
+        self.wires.push(VecDeque::new());
         self.links.len() - 1
     }
 
@@ -263,6 +311,14 @@ impl Network {
                 }
             }
             Ev::Arrive { pkt } => self.arrive(pkt),
+            Ev::WireHead(l) => {
+                if let Some((_, pkt)) = self.wires[l].pop_front() {
+                    if let Some(&(next, _)) = self.wires[l].front() {
+                        self.push(next, Ev::WireHead(l));
+                    }
+                    self.arrive(pkt);
+                }
+            }
             Ev::Timer(n) => {
                 if self.node_timer_queued[n] == Some(now) {
                     self.node_timer_queued[n] = None;
@@ -340,6 +396,7 @@ impl Network {
             data: buf,
             from,
             to,
+            dst,
             route,
             hop: 0,
         });
@@ -396,6 +453,7 @@ impl Network {
                     data,
                     from: p.from,
                     to: p.to,
+                    dst: p.dst,
                     route: p.route,
                     hop: p.hop,
                 }
@@ -404,7 +462,15 @@ impl Network {
             self.push(at, Ev::Arrive { pkt: cid });
         }
         if let Some(at) = first {
-            self.push(at, Ev::Arrive { pkt: id });
+            let wire = &mut self.wires[l];
+            match wire.back() {
+                None => {
+                    wire.push_back((at, id));
+                    self.push(at, Ev::WireHead(l));
+                }
+                Some(&(last, _)) if at >= last => wire.push_back((at, id)),
+                Some(_) => self.push(at, Ev::Arrive { pkt: id }),
+            }
         }
     }
 
@@ -421,10 +487,9 @@ impl Network {
             return;
         };
         self.free_packets.push(id);
-        if let Some(&n) = self.hosts.get(&p.to.ip()) {
-            self.nodes[n].handle_datagram(self.now, p.from, p.to, &p.data);
-            self.wake(n);
-        }
+        let n = p.dst;
+        self.nodes[n].handle_datagram(self.now, p.from, p.to, &p.data);
+        self.wake(n);
         self.pool.push(p.data);
     }
 }
