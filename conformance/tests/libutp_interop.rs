@@ -340,6 +340,7 @@ fn ours_sends_to_libutp(
     (ours, lib)
 }
 
+/// Covers: X1, X9
 #[test]
 fn ours_connects_and_sends_1mib_to_libutp() {
     let mut net = Net::new(Config::default(), 1);
@@ -369,6 +370,7 @@ fn ours_connects_and_sends_1mib_to_libutp() {
     assert_wire_clean(&net);
 }
 
+/// Covers: X1, X3
 #[test]
 fn libutp_sends_1mib_to_ours_after_a_request() {
     let mut net = Net::new(Config::default(), 2);
@@ -446,6 +448,7 @@ fn libutp_connects_both_ways(net: &mut Net, len: usize, limit: Duration) -> (Lib
     (lib, ours)
 }
 
+/// Covers: X1, X10
 #[test]
 fn libutp_connects_to_ours_and_both_send_1mib_at_once() {
     let mut net = Net::new(Config::default(), 3);
@@ -488,6 +491,7 @@ fn clean_wire_once_a_fin_arrived(net: &mut Net, fin_arrived: bool) {
     }
 }
 
+/// Covers: F37, F38
 #[test]
 fn ours_to_libutp_under_loss_and_reordering() {
     let mut net = Net::new(Config::default(), 4);
@@ -527,6 +531,7 @@ fn ours_to_libutp_under_loss_and_reordering() {
     );
 }
 
+/// Covers: B16, B17
 #[test]
 fn libutp_to_ours_under_loss_and_reordering() {
     let mut net = Net::new(Config::default(), 11);
@@ -596,6 +601,7 @@ fn both_ways_at_once_under_loss_and_reordering() {
     );
 }
 
+/// Covers: D31
 #[test]
 fn twenty_connections_at_once_both_directions() {
     let mut net = Net::new(Config::default(), 6);
@@ -708,6 +714,7 @@ fn twenty_connections_at_once_both_directions() {
     assert_all_released(&mut net);
 }
 
+/// Covers: L5, X3
 #[test]
 fn libutp_closes_first_and_ours_closes_cleanly() {
     let mut net = Net::new(Config::default(), 7);
@@ -768,6 +775,7 @@ fn libutp_closes_first_and_ours_closes_cleanly() {
 ///
 /// This is libutp's own bug 5 ("the passive closer's FIN is never ACKed"), which the
 /// checklist says we must not have.
+/// Covers: L5
 #[test]
 fn ours_closes_first_and_libutp_closes_cleanly() {
     let mut net = Net::new(Config::default(), 8);
@@ -838,6 +846,7 @@ fn packet_type(data: &[u8]) -> Option<PacketType> {
     Packet::decode(data).ok().map(|p| p.header.ty)
 }
 
+/// Covers: X3
 #[test]
 fn libutp_reset_for_our_fin_is_lost_once() {
     // libutp closes first and frees its socket as soon as its FIN is ACKed, so it
@@ -912,6 +921,7 @@ fn libutp_reset_for_our_fin_is_lost_once() {
 /// ```
 ///
 /// Lingering must outlast the peer's retransmission timer (checklist L bug 5), not ours.
+/// Covers: L5
 #[test]
 fn lost_ack_of_libutp_fin_is_repaired_while_ours_lingers() {
     // Ours half-closes first; libutp answers, then closes. Our ACK of libutp's FIN is
@@ -997,6 +1007,7 @@ fn lost_ack_of_libutp_fin_is_repaired_while_ours_lingers() {
 ///
 /// A receiver must always take the next in-order packet (it is what lets the
 /// application drain the buffer), or make room for it by dropping out-of-order data.
+/// Covers: E34, X12
 #[test]
 fn out_of_order_data_never_locks_out_the_missing_packet() {
     let mut config = Config::default();
@@ -1123,6 +1134,7 @@ fn hole_in_our_stream(drops: usize) -> (Net, bool) {
     (net, done)
 }
 
+/// Covers: F38
 #[test]
 fn a_packet_lost_twice_is_recovered() {
     // Lost, then lost again as a fast retransmit (selective ACK): the timeout resends
@@ -1147,12 +1159,14 @@ fn a_packet_lost_twice_is_recovered() {
 /// 6 % to 19 % loss (it also makes ours alternate between the hole and one other
 /// packet, halving the useful timeouts). BEP 29 G46 and RFC 6298 5.4: on a timeout,
 /// retransmit the earliest unacknowledged packet.
+/// Covers: G46
 #[test]
 fn a_packet_lost_again_after_a_timeout_is_resent_first() {
     let (net, done) = hole_in_our_stream(3);
     assert!(done, "stalled{}", diagnose(&net));
 }
 
+/// Covers: C22
 #[test]
 fn ours_abort_is_a_reset_for_libutp() {
     let mut net = Net::new(Config::default(), 9);
@@ -1188,6 +1202,7 @@ fn ours_abort_is_a_reset_for_libutp() {
     assert_all_released(&mut net);
 }
 
+/// Covers: X8, L12
 #[test]
 fn idle_connection_survives_keepalives_both_ways() {
     let mut net = Net::new(Config::default(), 10);
@@ -1237,6 +1252,7 @@ fn idle_connection_survives_keepalives_both_ways() {
     assert_same(&ours.received, &lib.to_send, "libutp → ours");
 }
 
+/// Covers: E33, A10
 #[test]
 fn slow_libutp_reader_with_a_small_window() {
     let mut net = Net::new(Config::default(), 13);
@@ -1280,6 +1296,7 @@ fn slow_libutp_reader_with_a_small_window() {
     assert_wire_clean(&net);
 }
 
+/// Covers: A10, X12
 #[test]
 fn slow_reader_on_ours_with_a_small_window() {
     let mut config = Config::default();

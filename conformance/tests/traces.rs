@@ -62,6 +62,7 @@ fn path_of(e: &Entry) -> Option<PathBuf> {
     Some(p)
 }
 
+/// Covers: A1, B12, B13
 #[test]
 fn every_trace_matches_its_manifest_entry() {
     let m = manifest();
@@ -105,6 +106,7 @@ fn every_trace_matches_its_manifest_entry() {
 }
 
 /// The rejected datagrams say clearly why.
+/// Covers: A3
 #[test]
 fn rejected_datagrams_have_a_clear_error() {
     for e in manifest().trace {
@@ -129,6 +131,7 @@ fn rejected_datagrams_have_a_clear_error() {
 
 /// What the captures show about deployed stacks, asserted so that a change in the
 /// decoder or the traces is noticed.
+/// Covers: B15, X9
 #[test]
 fn deployed_practice_seen_in_the_traces() {
     let m = manifest();

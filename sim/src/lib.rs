@@ -10,15 +10,21 @@
 //! - [`scenario`]: what to simulate (TOML or built-in by name) and [`scenario::run`].
 //! - [`metrics`]: per-flow and per-link time series, goodput, Jain's fairness index.
 //! - [`report`]: the printed report, CSV and SVG outputs.
+//! - [`relay`]: an impairing UDP relay on real sockets and wall-clock time (not part
+//!   of the deterministic simulator), for real-time tests over loopback.
+//! - [`soak`]: thousands of connections of the tokio stack through the relay, in real
+//!   time (`utp-sim soak`).
 
 pub mod engine;
 pub mod link;
 pub mod metrics;
 pub mod nodes;
 pub mod pcap;
+pub mod relay;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod soak;
 pub mod sweep;
 
 pub use scenario::{run, RunResult, Scenario};

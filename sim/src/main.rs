@@ -5,6 +5,9 @@
 //! utp-sim list                           list the built-in scenarios and parameters
 //! utp-sim run NAME|FILE.toml [options]   run one scenario
 //! utp-sim sweep NAME|FILE.toml --vary P=v1,v2,... [--vary ...] [options]
+//! utp-sim soak [--secs S] [--conns N] [--loss P] [--seed N] ...
+//!                                        real-time soak of the tokio stack over
+//!                                        loopback through a lossy relay (`soak`)
 //!
 //! options: --seed N         the seed (also UTP_SIM_SEED)
 //!          --set P=V        set a parameter (see `list`)
@@ -133,6 +136,9 @@ fn load(name: &str) -> Result<Scenario, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("soak") {
+        return soak_main(&args[1..]);
+    }
     match real_main(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -229,6 +235,38 @@ fn real_main(args: &[String]) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `utp-sim soak`: real time, outside the deterministic simulator.
+fn soak_main(args: &[String]) -> ExitCode {
+    let config = match utp_sim::soak::SoakConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("utp-sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "utp-sim: soak for {:.0} s, {} connections, loss {}, seed {}",
+        config.duration.as_secs_f64(),
+        config.conns,
+        config.loss,
+        config.seed
+    );
+    match utp_sim::soak::run(&config) {
+        Ok(report) => {
+            print!("{}", report.text());
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("utp-sim: soak failed to start: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn write(path: PathBuf, text: String) -> Result<(), String> {

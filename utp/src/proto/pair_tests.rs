@@ -47,6 +47,7 @@ fn run_transfer(
     (app_a, app_b)
 }
 
+/// Covers: L5
 #[test]
 fn clean_bidirectional_transfer() {
     let mut p = Pair::default_pair(1);
@@ -95,6 +96,7 @@ fn heavy_loss_and_reordering_transfer() {
     let _ = ha;
 }
 
+/// Covers: L1, L4
 #[test]
 fn transfer_across_sequence_wrap_and_id_ffff() {
     let mut p = Pair::default_pair(3);
@@ -120,6 +122,7 @@ fn transfer_across_sequence_wrap_and_id_ffff() {
     assert!(app_a.received == app_b.to_send);
 }
 
+/// Covers: D31
 #[test]
 fn many_connections_share_an_endpoint() {
     let mut p = Pair::default_pair(4);
@@ -138,6 +141,7 @@ fn many_connections_share_an_endpoint() {
     assert_eq!(p.b.connection_count(), 50);
 }
 
+/// Covers: L12, G45
 #[test]
 fn vanished_peer_times_out() {
     let mut p = Pair::default_pair(5);
@@ -152,6 +156,7 @@ fn vanished_peer_times_out() {
     });
 }
 
+/// Covers: L6
 #[test]
 fn connect_to_nobody_is_refused() {
     let mut p = Pair::new(
@@ -170,6 +175,7 @@ fn connect_to_nobody_is_refused() {
     });
 }
 
+/// Covers: A10, X12
 #[test]
 fn reader_that_never_reads_bounds_memory() {
     let cfg = Config {
@@ -265,6 +271,7 @@ proptest! {
     /// No sequence of datagrams makes an endpoint panic, including crafted packets that
     /// reach a live connection (valid version, its connection id, arbitrary fields,
     /// extensions and payload).
+    /// Covers: B14, L7, L8
     #[test]
     fn arbitrary_datagrams_never_panic(
         datagrams in proptest::collection::vec(
@@ -299,6 +306,7 @@ proptest! {
 /// Regression (found by `random_schedules_deliver_exactly_once`): a FIN acknowledged
 /// only selectively, with a hole before it, must not end the close; and a RESET from a
 /// peer whose data we have not all received is not a clean close.
+/// Covers: C21
 #[test]
 fn fin_seen_in_selective_ack_is_not_a_close() {
     let mut p = Pair::default_pair(2310708077271199573);

@@ -204,6 +204,7 @@ mod tests {
     use super::*;
 
     // Checklist B16: bit k, byte k/8, LSB first, stands for ack_nr + 2 + k.
+    /// Covers: B16
     #[test]
     fn bit_order_is_lsb_first_from_ack_plus_two() {
         let mask = [0b0000_0001, 0b1000_0000, 0, 0b0000_0010];
@@ -222,6 +223,7 @@ mod tests {
     }
 
     // Checklist B15: bitmasks longer than 32 bits, and libtorrent's 1-3 byte ones.
+    /// Covers: B15, L9
     #[test]
     fn any_length_is_usable() {
         for len in 1..=64usize {
@@ -234,6 +236,7 @@ mod tests {
         }
     }
 
+    /// Covers: B14, L7
     #[test]
     fn malformed_chain_ends_iteration() {
         let mut it = Extensions::new(1, &[0, 9, 1]);

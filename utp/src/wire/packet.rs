@@ -388,6 +388,7 @@ mod tests {
     }
 
     // Checklist A1, A2, A6: 20 bytes, big-endian fields in BEP 29 order, type/version nibbles.
+    /// Covers: A1, A2, A5, A6
     #[test]
     fn header_layout_is_bep29() {
         let mut buf = [0u8; 64];
@@ -406,6 +407,7 @@ mod tests {
     }
 
     // Checklist A2, A4: every type encodes into the high nibble, version 1 in the low.
+    /// Covers: A2, A4
     #[test]
     fn all_five_types_round_trip() {
         for (ty, byte0) in [
@@ -425,6 +427,7 @@ mod tests {
     }
 
     // Checklist A3: only version 1 is processed.
+    /// Covers: A3
     #[test]
     fn other_versions_are_rejected() {
         let mut buf = [0u8; 20];
@@ -439,6 +442,7 @@ mod tests {
     }
 
     // Checklist A4: types 5..15 are invalid.
+    /// Covers: A4
     #[test]
     fn unknown_types_are_rejected() {
         let mut buf = [0u8; 20];
@@ -451,6 +455,7 @@ mod tests {
         }
     }
 
+    /// Covers: A1, L8
     #[test]
     fn short_datagrams_are_rejected() {
         for len in 0..20 {
@@ -460,6 +465,7 @@ mod tests {
     }
 
     // libutp answers some packets with a 23-byte version-0 RESET in its old format.
+    /// Covers: A3
     #[test]
     fn libutp_version0_reset_is_rejected_cleanly() {
         let old = [
@@ -473,6 +479,7 @@ mod tests {
 
     // Checklist B12, B13, B15: a chain with SACK (8 bytes), extension bits and an
     // unknown extension; the unknown one is kept as raw bytes and skipped.
+    /// Covers: A5, B12, B13, B15, X9
     #[test]
     fn extension_chain_round_trips_exactly() {
         let mask = [0b0000_0101, 0, 0, 0x80, 1, 0, 0, 0];
@@ -502,6 +509,7 @@ mod tests {
     }
 
     // Checklist B14: a truncated chain is rejected, never read past.
+    /// Covers: B14, L7
     #[test]
     fn truncated_extensions_are_rejected() {
         let mut buf = [0u8; 64];
@@ -527,6 +535,7 @@ mod tests {
         );
     }
 
+    /// Covers: B15
     #[test]
     fn empty_selective_ack_is_rejected() {
         let mut buf = [0u8; 22];

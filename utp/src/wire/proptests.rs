@@ -77,6 +77,7 @@ proptest! {
 
     /// Fields → bytes → fields gives back the same fields, and bytes → packet → bytes
     /// gives back the same bytes.
+    /// Covers: A1, A6, B12
     #[test]
     fn structured_round_trip(
         h in header(),
@@ -98,6 +99,7 @@ proptest! {
     }
 
     /// Arbitrary bytes never panic; whatever decodes re-encodes to the same bytes.
+    /// Covers: B14, L7, L8
     #[test]
     fn arbitrary_bytes_decode_or_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..300)) {
         if let Ok(p) = Packet::decode(&data) {
@@ -115,6 +117,7 @@ proptest! {
 
     /// Headers that look like uTP v1 with arbitrary extension chains (the interesting
     /// part of the input space) never panic either.
+    /// Covers: B13, B14, L7, L8
     #[test]
     fn arbitrary_extension_chains(
         ty in 0u8..5,
@@ -135,6 +138,7 @@ proptest! {
 }
 
 /// Checklist B: 255 chained extensions decode and iterate (hostile but valid).
+/// Covers: B12, B13
 #[test]
 fn long_extension_chain() {
     let mut data = vec![0x21, 9];

@@ -109,6 +109,7 @@ impl fmt::Debug for Micros {
 mod tests {
     use super::*;
 
+    /// Covers: A11
     #[test]
     fn whole_sequence_space_orders_circularly() {
         // For every starting point of the 16-bit space, the next 32 767 numbers are
@@ -135,6 +136,7 @@ mod tests {
         assert_eq!(SeqNr(2) - SeqNr(65_530), 8);
     }
 
+    /// Covers: A8
     #[test]
     fn micros_wrap() {
         assert_eq!(Micros(5).wrapping_since(Micros(u32::MAX - 4)), 10);

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+pub mod hostile;
+pub mod vnet;
+
 /// A byte stream of `len` bytes that differs per `salt` (xorshift), so that any loss,
 /// duplication or reordering of data shows in a comparison.
 pub fn pattern(len: usize, salt: u64) -> Vec<u8> {

@@ -91,6 +91,7 @@ mod tests {
     }
 
     // Checklist G43, G44, G47, G48.
+    /// Covers: G43, G44, G47, G48
     #[test]
     fn bep29_formulas() {
         let mut e = est();

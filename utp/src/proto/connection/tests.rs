@@ -184,6 +184,7 @@ fn connected_acceptor(s: &mut Script, id: u16, peer_seq: u16, isn: u16) -> Conne
 // ===== SYN sent ==================================================================
 
 // D24, D25, D26, X2, A9: ids, random ISN, the SYN's fields.
+/// Covers: D24, D25, D26, X2, A7, A9, A10, L13
 #[test]
 fn syn_sent_uses_recv_id_and_random_isn() {
     let mut s = Script::fixed();
@@ -216,6 +217,7 @@ fn syn_sent_uses_recv_id_and_random_isn() {
 
 // D29 with X1: the initiator takes ack_nr = seq_nr - 1 from the SYN-ACK; later packets
 // use conn_id_send (D25, D30); the SYN consumed one seq_nr.
+/// Covers: D25, D26, D29, D30, X1, A11
 #[test]
 fn syn_ack_sets_ack_nr_to_seq_minus_one() {
     let mut s = Script::fixed();
@@ -233,6 +235,7 @@ fn syn_ack_sets_ack_nr_to_seq_minus_one() {
 }
 
 // Refused: a RESET answering our SYN.
+/// Covers: C22, L6
 #[test]
 fn reset_answering_syn_is_refused() {
     let mut s = Script::fixed();
@@ -252,6 +255,7 @@ fn reset_answering_syn_is_refused() {
 }
 
 // Connect retries with backoff, then a clear time-out.
+/// Covers: C23, G47, G48
 #[test]
 fn syn_retries_back_off_then_time_out() {
     let mut s = Script::fixed();
@@ -278,6 +282,7 @@ fn syn_retries_back_off_then_time_out() {
 }
 
 // L4: connection id 0xFFFF wraps to 0 for the send id.
+/// Covers: D24, L4
 #[test]
 fn connection_id_ffff_wraps() {
     let mut s = Script::fixed();
@@ -297,6 +302,7 @@ fn connection_id_ffff_wraps() {
 
 // D27, D28, X1: the acceptor answers with a STATE carrying its unconsumed seq_nr, and
 // stays silent until the initiator proves it got the answer (X10).
+/// Covers: D27, D28, D30, X1, X10, L2, A8
 #[test]
 fn syn_received_answers_once_and_waits_for_proof() {
     let mut s = Script::fixed();
@@ -352,6 +358,7 @@ fn syn_received_answers_once_and_waits_for_proof() {
 }
 
 // X10: a packet that does not ack our seq_nr does not complete the handshake.
+/// Covers: X10
 #[test]
 fn syn_received_ignores_unproven_packets() {
     let mut s = Script::fixed();
@@ -369,6 +376,7 @@ fn syn_received_ignores_unproven_packets() {
 }
 
 // L3: half-open connections time out.
+/// Covers: L3
 #[test]
 fn half_open_expires() {
     let mut s = Script::fixed();
@@ -384,6 +392,7 @@ fn half_open_expires() {
 
 // Half-open limit: SYNs beyond it are dropped silently (no reply to a flood); a full
 // connection table refuses with a RESET.
+/// Covers: L3, X10
 #[test]
 fn half_open_and_connection_limits() {
     let mut s = Script::new(Config {
@@ -420,6 +429,7 @@ fn half_open_and_connection_limits() {
 }
 
 // D32: a SYN whose ids collide with an existing connection is ignored.
+/// Covers: D32, L4
 #[test]
 fn colliding_syn_is_ignored() {
     let mut s = Script::fixed();
@@ -437,6 +447,7 @@ fn colliding_syn_is_ignored() {
 
 // C19, C20, E33, E36: data packets carry payload, STATEs do not consume a seq_nr, the
 // window caps packets in flight, and a resend repeats seq_nr and payload exactly.
+/// Covers: C19, C20, E33, E36, A11
 #[test]
 fn window_limits_flight_and_resends_are_identical() {
     let mut s = Script::new(Config {
@@ -470,6 +481,7 @@ fn window_limits_flight_and_resends_are_identical() {
 }
 
 // G46: after a timeout LEDBAT's window is one packet: one packet goes out.
+/// Covers: G46, I54
 #[test]
 fn timeout_lets_one_packet_out() {
     let mut s = Script::new(Config::default());
@@ -512,6 +524,7 @@ fn resends_go_oldest_first_after_repeated_timeouts() {
 
 // E34, G46, L10: a window smaller than one packet still lets one packet out when
 // nothing is in flight.
+/// Covers: E34, G46, L10
 #[test]
 fn tiny_window_never_stalls() {
     let mut s = Script::new(Config {
@@ -550,6 +563,7 @@ fn small_writes_coalesce() {
 
 // F38, X8: three duplicate ACKs resend the next packet; a duplicate ACK with nothing in
 // flight is not counted. L1: across the whole 16-bit ISN space.
+/// Covers: F38, X8, L1, L9
 #[test]
 fn three_dup_acks_fast_retransmit_for_every_isn() {
     let mut isns: Vec<u16> = (0..=u16::MAX).step_by(251).collect();
@@ -579,6 +593,7 @@ fn three_dup_acks_fast_retransmit_for_every_isn() {
 
 // F37, F39, B18: selective ACK of three later packets resends the hole; bits beyond the
 // send window are ignored. L9: a bitmask longer than 32 bits is used.
+/// Covers: F37, F39, B15, B18, L9
 #[test]
 fn sack_triggers_retransmit_and_long_masks_work() {
     let mut s = Script::new(Config {
@@ -614,6 +629,7 @@ fn sack_triggers_retransmit_and_long_masks_work() {
 }
 
 // X10: an ACK of data never sent is dropped, and so is one far behind.
+/// Covers: X10, E35
 #[test]
 fn ack_outside_window_is_dropped() {
     let mut s = Script::fixed();
@@ -631,6 +647,7 @@ fn ack_outside_window_is_dropped() {
 }
 
 // G41, G42: RTT samples come only from packets sent once (Karn).
+/// Covers: G41, G42
 #[test]
 fn karn_rule() {
     let mut s = Script::fixed();
@@ -656,6 +673,7 @@ fn karn_rule() {
 }
 
 // G45, G47, G48, give-up limit: consecutive timeouts double and end in TimedOut.
+/// Covers: G44, G45, G48, L9, X4
 #[test]
 fn retransmission_timeouts_back_off_and_give_up() {
     let mut s = Script::new(Config {
@@ -682,6 +700,7 @@ fn retransmission_timeouts_back_off_and_give_up() {
 
 // Delayed ACK: one full packet waits at most `delayed_ack`; a second one is acked at
 // once (L11: without any application call).
+/// Covers: A10, A11, B17, L11
 #[test]
 fn delayed_ack_and_every_second_packet() {
     let mut s = Script::fixed();
@@ -715,6 +734,7 @@ fn delayed_ack_and_every_second_packet() {
 }
 
 // B16, B17: out-of-order data is acked at once with a selective ACK; none without a gap.
+/// Covers: B15, B16, B17
 #[test]
 fn out_of_order_data_gets_selective_ack() {
     let mut s = Script::fixed();
@@ -749,6 +769,7 @@ fn out_of_order_data_gets_selective_ack() {
 }
 
 // Duplicate data is acked again at once (our ACK was lost).
+/// Covers: A11
 #[test]
 fn duplicate_data_is_reacked() {
     let mut s = Script::fixed();
@@ -764,6 +785,7 @@ fn duplicate_data_is_reacked() {
 }
 
 // Receive buffer bound: data beyond the window is dropped, and reading reopens it.
+/// Covers: A10
 #[test]
 fn receive_buffer_is_bounded_and_window_update_follows_read() {
     let mut s = Script::new(Config {
@@ -794,6 +816,7 @@ fn receive_buffer_is_bounded_and_window_update_follows_read() {
 }
 
 // X13: uTorrent's INT_MAX timestamp difference is not a delay sample; A8: ours is.
+/// Covers: A8, X13
 #[test]
 fn timestamp_difference_handling() {
     let mut s = Script::fixed();
@@ -818,6 +841,7 @@ fn timestamp_difference_handling() {
 
 // C21, X3: the FIN consumes a seq_nr; data before it that arrives after it is still
 // delivered before EOF.
+/// Covers: C21, X3
 #[test]
 fn fin_waits_for_missing_data() {
     let mut s = Script::fixed();
@@ -845,6 +869,7 @@ fn fin_waits_for_missing_data() {
 }
 
 // Half-close, our FIN, linger, and L5: a retransmitted FIN is acked again while lingering.
+/// Covers: L5, X3
 #[test]
 fn close_handshake_and_linger() {
     let mut s = Script::fixed();
@@ -915,6 +940,7 @@ fn close_while_connecting_sends_data_and_fin_after_the_handshake() {
 }
 
 // X3, L-section: a RESET after our FIN, with everything acknowledged, is a clean close.
+/// Covers: X3
 #[test]
 fn reset_after_fin_is_clean_close() {
     let mut s = Script::fixed();
@@ -929,6 +955,7 @@ fn reset_after_fin_is_clean_close() {
 }
 
 // C22, L6: a RESET ends an established connection, but only with a plausible ack_nr.
+/// Covers: C22, L6, X11
 #[test]
 fn reset_is_validated() {
     let mut s = Script::fixed();
@@ -943,6 +970,7 @@ fn reset_is_validated() {
 }
 
 // Abort sends a RESET at once.
+/// Covers: C22
 #[test]
 fn abort_sends_reset() {
     let mut s = Script::fixed();
@@ -960,6 +988,7 @@ fn abort_sends_reset() {
 // ===== Timers ======================================================================
 
 // Keep-alive (X8) and idle timeout (L12).
+/// Covers: X8, L12
 #[test]
 fn keepalive_and_idle_timeout() {
     let mut s = Script::fixed();
@@ -980,6 +1009,7 @@ fn keepalive_and_idle_timeout() {
 
 // X12: a zero window stops sending; a probe goes out after a timeout, and a peer that
 // keeps answering with a closed window is not given up on.
+/// Covers: X12, E33
 #[test]
 fn zero_window_probing() {
     let mut s = Script::new(Config {
@@ -1019,6 +1049,7 @@ fn zero_window_probing() {
 }
 
 // Stray packets for unknown connections get a RESET, rate limited; RESETs never do.
+/// Covers: X10, L8
 #[test]
 fn stray_packets_and_reset_rate_limit() {
     let mut s = Script::new(Config {
@@ -1047,6 +1078,7 @@ fn stray_packets_and_reset_rate_limit() {
 
 // L14: a loss early in the connection is recovered without shrinking the packets (libutp
 // takes it for an MTU limit and drops from 1402 to 988 bytes).
+/// Covers: L14
 #[test]
 fn early_loss_does_not_shrink_packets() {
     let mut s = Script::fixed();
