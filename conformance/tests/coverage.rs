@@ -103,6 +103,7 @@ fn deployed_practice_is_a_configuration_choice_or_fixed() {
     let profile = |name: &str| match name {
         "libutp" => format!("{:?}", Config::libutp()),
         "libtorrent" => format!("{:?}", Config::libtorrent()),
+        "bep29_text" => format!("{:?}", Config::bep29_text()),
         other => panic!("unknown profile {other:?}"),
     };
     for i in &items {

@@ -121,7 +121,7 @@ pub struct FlowSpec {
     pub bytes: Option<u64>,
     /// Extra one-way delay on this flow's access link, in ms (each direction).
     pub extra_delay_ms: f64,
-    /// uTP: configuration profile (`default`, `libutp`, `libtorrent`).
+    /// uTP: configuration profile (`default`, `libutp`, `libtorrent`, `bep29_text`).
     pub profile: String,
     /// uTP: LEDBAT parameter overrides.
     pub ledbat: LedbatOverrides,
@@ -478,9 +478,10 @@ pub fn utp_config(f: &FlowSpec) -> Result<Config, String> {
         "default" => Config::default(),
         "libutp" => Config::libutp(),
         "libtorrent" => Config::libtorrent(),
+        "bep29_text" => Config::bep29_text(),
         other => {
             return Err(format!(
-                "unknown profile {other:?} (default, libutp or libtorrent)"
+                "unknown profile {other:?} (default, libutp, libtorrent or bep29_text)"
             ))
         }
     };

@@ -73,6 +73,13 @@ pub struct Config {
     pub reset_limit: u32,
     /// The period of `reset_limit`. Default 10 s.
     pub reset_interval: Duration,
+    /// SYN-ACK numbering (checklist X1). `false` (default), as libutp and libtorrent
+    /// do: the acceptor's answer carries its *unconsumed* seq_nr, its first DATA reuses
+    /// it, and the initiator sets `ack_nr = seq_nr - 1`. `true`, as the BEP 29 text
+    /// says: the answer consumes a seq_nr (`seq_nr = c.seq_nr++`) and the initiator
+    /// sets `ack_nr = seq_nr`. The two do not interoperate as initiator and acceptor;
+    /// only [`Config::bep29_text`] sets it.
+    pub syn_ack_consumes_seq_nr: bool,
 }
 
 impl Default for Config {
@@ -100,6 +107,7 @@ impl Default for Config {
             reset_unknown: true,
             reset_limit: 1000,
             reset_interval: Duration::from_secs(10),
+            syn_ack_consumes_seq_nr: false,
         }
     }
 }
@@ -136,6 +144,23 @@ impl Config {
         Config {
             reset_unknown: false,
             congestion: CongestionConfig::Ledbat(LedbatConfig::libtorrent()),
+            ..Config::default()
+        }
+    }
+
+    /// The BEP 29 text read literally where deployed stacks depart from it (checklist
+    /// section X): the SYN-ACK consumes a seq_nr (X1), no keep-alive (X8), the 500 ms
+    /// minimum timeout (X4), a loss halves the window whatever the queue (X14). For
+    /// talking to another implementation of the text; libutp and libtorrent peers need
+    /// the default numbering.
+    pub fn bep29_text() -> Self {
+        let mut ledbat = LedbatConfig::rfc6817();
+        ledbat.random_loss_backlog_packets = 0.0;
+        Config {
+            syn_ack_consumes_seq_nr: true,
+            keepalive_interval: None,
+            min_timeout: Duration::from_millis(500),
+            congestion: CongestionConfig::Ledbat(ledbat),
             ..Config::default()
         }
     }

@@ -74,6 +74,29 @@ fn clean_bidirectional_transfer() {
     assert_eq!(p.b.connection_count(), 0);
 }
 
+/// X1: two endpoints that both number the SYN-ACK as the BEP text says
+/// (`Config::bep29_text`) move data both ways through loss and close cleanly.
+/// Covers: X1
+#[test]
+fn bep29_text_profile_transfers_under_loss() {
+    let mut p = Pair::new(Config::bep29_text(), Config::bep29_text(), 9);
+    let imp = Impairment {
+        loss: 0.03,
+        duplicate: 0.01,
+        jitter: Duration::from_millis(5),
+    };
+    p.a_to_b = imp.clone();
+    p.b_to_a = imp;
+    run_transfer(
+        &mut p,
+        300_000,
+        100_000,
+        5000,
+        999,
+        Duration::from_secs(300),
+    );
+}
+
 #[test]
 fn heavy_loss_and_reordering_transfer() {
     let mut p = Pair::default_pair(2);

@@ -156,6 +156,11 @@ pub struct LedbatConfig {
     /// [`LedbatConfig::random_loss_backlog_packets`]), at most once per round trip.
     /// Clamped to [0, 1]. Default 0.8 (Veno's 4/5).
     pub random_loss_reduction: f64,
+    /// How often a loss may reduce the window at most: `None` for once per smoothed
+    /// RTT (RFC 6817), or a fixed interval. libutp (`MAX_WINDOW_DECAY`) and libtorrent
+    /// (`utp_cwnd_reduce_timer`) use 100 ms whatever the RTT, which on a 10 ms path is
+    /// one reduction per ten round trips (checklist X14). Default `None`.
+    pub loss_reduction_interval: Option<Duration>,
     /// A delay sample further than this from the base delay (in the wrapping sense)
     /// cannot be queuing (no queue holds a minute of traffic, and 60 s is also the
     /// largest retransmission timeout): it restarts the delay history, so that a garbage
@@ -193,6 +198,7 @@ impl LedbatConfig {
             loss_reduction: 0.5,
             random_loss_backlog_packets: 3.0,
             random_loss_reduction: 0.8,
+            loss_reduction_interval: None,
             delay_reset_threshold: Duration::from_secs(60),
         }
     }
@@ -217,9 +223,11 @@ impl LedbatConfig {
             slow_start: true,
             slow_start_exit_fraction: 0.9,
             slow_start_exit_reduction: 1.0,
-            // maybe_decay_win: `max_window * 0.5`, whatever the queue.
+            // maybe_decay_win: `max_window * 0.5`, whatever the queue, at most once per
+            // MAX_WINDOW_DECAY (100 ms).
             loss_reduction: 0.5,
             random_loss_backlog_packets: 0.0,
+            loss_reduction_interval: Some(Duration::from_millis(100)),
             ..LedbatConfig::rfc6817()
         }
     }
@@ -241,9 +249,11 @@ impl LedbatConfig {
             slow_start: true,
             slow_start_exit_fraction: 1.0,
             slow_start_exit_reduction: 1.0,
-            // utp_loss_multiplier: 50 (%), whatever the queue.
+            // utp_loss_multiplier: 50 (%), whatever the queue, at most once per
+            // utp_cwnd_reduce_timer (100 ms).
             loss_reduction: 0.5,
             random_loss_backlog_packets: 0.0,
+            loss_reduction_interval: Some(Duration::from_millis(100)),
             ..LedbatConfig::rfc6817()
         }
     }
@@ -530,9 +540,10 @@ impl CongestionController for Ledbat {
     fn on_loss(&mut self, now: Instant, smoothed_rtt: Duration, mss: usize) {
         self.mss = mss.max(1);
         self.slow_start = false;
-        // RFC 6817: reduce at most once per RTT.
+        // RFC 6817: reduce at most once per RTT (or per the configured interval, X14).
+        let interval = self.config.loss_reduction_interval.unwrap_or(smoothed_rtt);
         if let Some(last) = self.last_reduction {
-            if now.saturating_duration_since(last) < smoothed_rtt || now < last {
+            if now.saturating_duration_since(last) < interval || now < last {
                 return;
             }
         }
@@ -846,6 +857,36 @@ mod tests {
         let w = sim.cc.cwnd;
         sim.cc.on_loss(sim.now, RTT, MSS);
         assert!((sim.cc.cwnd - 0.5 * w).abs() < 1.0);
+    }
+
+    /// X14: RFC 6817 reduces at most once per RTT; libutp and libtorrent at most once
+    /// per 100 ms, whatever the RTT. Both are offered; the profiles choose.
+    /// Covers: X14
+    #[test]
+    fn loss_reduction_interval_per_rtt_or_fixed() {
+        let rtt = Duration::from_millis(10);
+        let start = Instant::from_millis(10_000);
+        let losses = |config: LedbatConfig| {
+            let mut cc = Ledbat::new(
+                LedbatConfig {
+                    init_window_packets: 4000,
+                    ..config
+                },
+                Instant::ZERO,
+                MSS,
+            );
+            // A loss every 10 ms (one RTT) for 100 ms.
+            let mut reductions = 0;
+            for k in 0..10 {
+                let before = cc.window();
+                cc.on_loss(start + rtt * k, rtt, MSS);
+                reductions += usize::from(cc.window() < before);
+            }
+            reductions
+        };
+        assert_eq!(losses(LedbatConfig::rfc6817()), 10, "once per 10 ms RTT");
+        assert_eq!(losses(LedbatConfig::libutp()), 1, "once per 100 ms");
+        assert_eq!(losses(LedbatConfig::libtorrent()), 1, "once per 100 ms");
     }
 
     /// Covers: G46, X5
@@ -1251,7 +1292,7 @@ mod tests {
             (any::<usize>(), duration(), any::<usize>(), any::<usize>()),
             (any::<usize>(), any::<usize>(), any::<usize>(), any::<f64>()),
             (any::<bool>(), any::<f64>(), any::<f64>(), duration()),
-            (any::<f64>(), any::<f64>()),
+            (any::<f64>(), any::<f64>(), proptest::option::of(duration())),
         )
             .prop_map(|(a, b, c, d, e)| LedbatConfig {
                 target: a.0,
@@ -1272,6 +1313,7 @@ mod tests {
                 loss_reduction: d.2,
                 random_loss_backlog_packets: e.0,
                 random_loss_reduction: e.1,
+                loss_reduction_interval: e.2,
                 delay_reset_threshold: d.3,
             })
     }

@@ -242,13 +242,19 @@ impl Connection {
     /// (checklist X1), the answer carries our *unconsumed* `seq_nr`.
     pub(crate) fn accept(config: Arc<Config>, now: Instant, syn: &Packet<'_>, isn: SeqNr) -> Self {
         let conn_id = syn.header.conn_id;
+        // BEP 29 text (X1, opt-in): the answer consumes `isn`; data starts after it.
+        let first_seq = if config.syn_ack_consumes_seq_nr {
+            isn.next()
+        } else {
+            isn
+        };
         let mut c = Connection::new(
             config,
             now,
             Role::Acceptor,
             conn_id.wrapping_add(1),
             conn_id,
-            isn,
+            first_seq,
         );
         c.state = State::SynReceived;
         c.peer_syn_seq = syn.header.seq_nr;
@@ -569,7 +575,13 @@ impl Connection {
                 } else {
                     State::FinSent
                 };
-                self.ack_nr = h.seq_nr.prev();
+                // X1: the deployed SYN-ACK does not consume its seq_nr; the BEP text's
+                // does.
+                self.ack_nr = if self.config.syn_ack_consumes_seq_nr {
+                    h.seq_nr
+                } else {
+                    h.seq_nr.prev()
+                };
                 self.peer_window = h.wnd_size as usize;
                 self.take_timestamp(now, h);
                 self.last_recv = now;
@@ -1124,9 +1136,14 @@ impl Connection {
                 if !self.syn_ack_due {
                     return None;
                 }
-                // D28 with X1: a STATE carrying our unconsumed seq_nr.
+                // D28 with X1: a STATE carrying our unconsumed seq_nr (or, with the
+                // BEP text's numbering, the one it consumed).
                 self.syn_ack_due = false;
-                let seq = self.send.next_seq();
+                let seq = if self.config.syn_ack_consumes_seq_nr {
+                    self.send.next_seq().prev()
+                } else {
+                    self.send.next_seq()
+                };
                 return Some(self.emit_control(now, PacketType::State, seq, buf));
             }
             State::Linger => {

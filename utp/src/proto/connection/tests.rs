@@ -1007,6 +1007,112 @@ fn keepalive_and_idle_timeout() {
     );
 }
 
+// X8 the other way: the BEP text has no keep-alive, and `bep29_text()` sends none.
+/// Covers: X8
+#[test]
+fn no_keepalive_in_the_bep29_text_profile() {
+    let mut s = Script::new(Config {
+        congestion: CongestionConfig::Fixed(8 * 1380),
+        idle_timeout: Duration::from_secs(300),
+        ..Config::bep29_text()
+    });
+    connected_initiator_bep_text(&mut s, 10, 1, 100);
+    let sent = s.advance_collect(Duration::from_secs(120));
+    assert!(sent.is_empty(), "nothing at all while idle: {sent:?}");
+}
+
+/// An initiator connected under the BEP text's numbering (X1): the acceptor's STATE
+/// consumed `peer_seq`, so we acknowledge `peer_seq` itself.
+fn connected_initiator_bep_text(
+    s: &mut Script,
+    isn: u16,
+    recv_id: u16,
+    peer_seq: u16,
+) -> ConnectionHandle {
+    let (now, peer) = (s.now, s.peer);
+    let h = s.ep.connect_with(now, peer, recv_id, SeqNr(isn));
+    assert_eq!(s.sent().len(), 1);
+    let ack = s.header(PacketType::State, recv_id, peer_seq, isn);
+    s.recv(ack, &[], &[]);
+    assert!(s.has_event(h, Event::Connected));
+    let proof = s.sent();
+    assert_eq!(proof.len(), 1);
+    assert_eq!(
+        proof[0].h.ack_nr,
+        SeqNr(peer_seq),
+        "X1, BEP text: ack_nr = seq_nr"
+    );
+    h
+}
+
+// X1 both ways: with the BEP text's numbering (`Config::bep29_text`) the SYN-ACK
+// consumes a seq_nr, as initiator and as acceptor; the default follows libutp.
+/// Covers: X1, D29
+#[test]
+fn bep29_text_syn_ack_numbering_both_roles() {
+    // Initiator: the acceptor's first DATA comes right after its SYN-ACK's seq_nr.
+    let mut s = Script::new(Config {
+        congestion: CongestionConfig::Fixed(8 * 1380),
+        ..Config::bep29_text()
+    });
+    let h = connected_initiator_bep_text(&mut s, 10, 1, 100);
+    let d = s.header(PacketType::Data, 1, 101, 10);
+    s.recv(d, &[], b"first");
+    let now = s.now;
+    let mut buf = [0u8; 16];
+    assert_eq!(s.ep.read(now, h, &mut buf), Ok(5), "in order at once");
+    assert_eq!(&buf[..5], b"first");
+
+    // Acceptor: our SYN-ACK carries the seq_nr it consumes; data starts after it.
+    let mut s = Script::new(Config {
+        congestion: CongestionConfig::Fixed(8 * 1380),
+        ..Config::bep29_text()
+    });
+    s.ep.isn_override = Some(500);
+    let syn = s.header(PacketType::Syn, 7, 40, 0);
+    s.recv(syn, &[], &[]);
+    let answer = s.sent();
+    assert_eq!(answer.len(), 1);
+    assert_eq!(
+        (answer[0].h.ty, answer[0].h.seq_nr),
+        (PacketType::State, SeqNr(500))
+    );
+    // The initiator (BEP text) acknowledges 500 with its first DATA.
+    let d = s.header(PacketType::Data, 8, 41, 500);
+    s.recv(d, &[], b"hi");
+    let h = s
+        .events
+        .iter()
+        .find(|(_, e)| *e == Event::Incoming)
+        .expect("incoming")
+        .0;
+    let now = s.now;
+    s.ep.write(now, h, b"reply").unwrap();
+    let out = s.sent();
+    let data: Vec<_> = out.iter().filter(|o| o.h.ty == PacketType::Data).collect();
+    assert_eq!(data[0].h.seq_nr, SeqNr(501), "the SYN-ACK consumed 500");
+
+    // The default (libutp's numbering) answers with the unconsumed seq_nr and sends
+    // its first DATA under that same number.
+    let mut s = Script::fixed();
+    s.ep.isn_override = Some(500);
+    s.recv(syn, &[], &[]);
+    assert_eq!(s.sent()[0].h.seq_nr, SeqNr(500));
+    let d = s.header(PacketType::Data, 8, 41, 499);
+    s.recv(d, &[], b"hi");
+    let h = s
+        .events
+        .iter()
+        .find(|(_, e)| *e == Event::Incoming)
+        .expect("incoming")
+        .0;
+    let now = s.now;
+    s.ep.write(now, h, b"reply").unwrap();
+    let out = s.sent();
+    let data: Vec<_> = out.iter().filter(|o| o.h.ty == PacketType::Data).collect();
+    assert_eq!(data[0].h.seq_nr, SeqNr(500));
+}
+
 // X12: a zero window stops sending; a probe goes out after a timeout, and a peer that
 // keeps answering with a closed window is not given up on.
 /// Covers: X12, E33
