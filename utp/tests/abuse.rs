@@ -230,13 +230,19 @@ fn syn_flood_stays_within_the_half_open_limit_and_does_not_amplify() {
     );
     let st = ep.stats().clone();
     assert!(st.half_open_expired > 0);
-    assert!(st.syns_rejected > 0, "SYNs beyond the limit are dropped");
-    assert_eq!(st.connections_accepted, 0, "no spoofed SYN completes");
+    assert!(
+        st.half_open_evicted > 0,
+        "SYNs beyond the limit evict the oldest half-open entries"
+    );
+    assert_eq!(
+        st.connections_accepted, 1,
+        "the legitimate client gets in during the flood; no spoofed SYN completes"
+    );
 }
 
 #[test]
 fn legitimate_client_connects_during_a_syn_flood_below_the_half_open_limit() {
-    // 15 SYNs/s × 3 s handshake timeout = 45 half-open entries < 64.
+    // 15 SYNs/s for 10 s: the table (64) fills after about 4 s, then evicts its oldest.
     let (mut net, connected) = syn_flood(15, 10);
     let at = connected.expect("the client connected during the flood");
     // It connects at the first flood step after 2 s (steps of 67 ms), one RTT later.
@@ -255,7 +261,6 @@ fn legitimate_client_connects_during_a_syn_flood_below_the_half_open_limit() {
 }
 
 #[test]
-#[ignore = "core bug: a SYN flood above max_half_open / handshake_timeout (21 SYN/s by default) locks legitimate clients out: new SYNs are dropped while the half-open table is full, nothing is evicted and there are no SYN cookies"]
 fn legitimate_client_connects_during_a_syn_flood_above_the_half_open_limit() {
     let (net, connected) = syn_flood(1000, 20);
     assert_no_amplification(&net, 20_000);
@@ -776,7 +781,6 @@ fn a_reader_that_never_reads_bounds_the_senders_memory() {
 }
 
 #[test]
-#[ignore = "core bug: once both FINs are through, the connection lingers ~4 s and is then freed with unread data still in its receive buffer; a later read gets a clean EOF (UtpStream) or StreamError::Closed, so the data is silently lost"]
 fn unread_data_outlives_the_close_of_both_directions() {
     // Found by the `connection` fuzz target: the receiver shuts its own direction down
     // and reads only later (a slow consumer). TCP keeps such data readable.

@@ -159,10 +159,11 @@ impl Drop for Core {
                 .is_some_and(|s| s.closed.is_some());
             if closed {
                 st.conns.remove(&self.handle);
-            } else {
-                // Graceful close in the background: queued data and a FIN still go out.
-                let _ = st.ep.close(now, self.handle);
             }
+            // Graceful close in the background: queued data and a FIN still go out.
+            // On a connection already over, it gives up any unread data, which would
+            // otherwise keep the connection for a reader that no longer exists.
+            let _ = st.ep.close(now, self.handle);
         }
         drop(st);
         self.shared.notify.notify_one();

@@ -36,7 +36,11 @@ pub struct Config {
     /// long as the one before, starting at `initial_timeout`. Default 3.
     pub syn_retries: u32,
     /// How long an incoming connection may stay half open (SYN received, our SYN-ACK
-    /// not yet acknowledged) before it is dropped. Default 3 s.
+    /// not yet acknowledged) before it is dropped. The initiator counts itself
+    /// connected once it has our answer, and its proof (its first packet after it) may
+    /// be lost and resent on its retransmission timer (1 s, then 2 s, 4 s): the
+    /// default leaves room for three resends. A flood cannot use the longer life to
+    /// lock clients out: a full table evicts its oldest entry. Default 10 s.
     pub handshake_timeout: Duration,
     /// Longest delay of an acknowledgement for in-order data; every second full packet
     /// is acknowledged at once regardless. Default 20 ms.
@@ -59,8 +63,9 @@ pub struct Config {
     /// fails and incoming SYNs are refused with a RESET. Default 1024 (the original
     /// uTorrent client allowed 5 per socket; a library serves many peers).
     pub max_connections: usize,
-    /// Most incoming connections that may be half open at once; further SYNs are
-    /// dropped silently (their senders retry), as a full TCP SYN backlog does. Default 64.
+    /// Most incoming connections that may be half open at once. A SYN that finds the
+    /// table full evicts the oldest half-open connection (silently: the application
+    /// never saw it), so a flood cannot lock real clients out. Default 64.
     pub max_half_open: usize,
     /// Most established incoming connections waiting to be accepted. Default 128.
     pub accept_queue: usize,
@@ -93,7 +98,7 @@ impl Default for Config {
             max_timeout: Duration::from_secs(60),
             max_retransmits: 6,
             syn_retries: 3,
-            handshake_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(10),
             delayed_ack: Duration::from_millis(20),
             keepalive_interval: Some(Duration::from_secs(29)),
             idle_timeout: Duration::from_secs(60),

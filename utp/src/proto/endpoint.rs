@@ -84,6 +84,9 @@ struct Slot {
     closed_polled: bool,
 }
 
+/// How many freed (remote, id) pairs `connect` avoids reusing.
+const RECENTLY_FREED: usize = 256;
+
 /// Most RESETs waiting to be sent; beyond it, further ones are suppressed.
 const RESET_QUEUE: usize = 64;
 
@@ -107,6 +110,14 @@ pub struct Endpoint {
     free: Vec<u32>,
     live: usize,
     half_open: usize,
+    /// Incoming connections in the order their SYNs came (slot, generation); entries
+    /// that completed or ended are skipped lazily. Used to evict the oldest half-open
+    /// one when the table is full.
+    half_open_order: VecDeque<(u32, u32)>,
+    /// The latest (remote, recv id) pairs of freed connections. `connect` avoids them:
+    /// the peer may still hold its side of such a connection (lingering, or waiting for
+    /// its idle timeout), and would ignore a SYN that reuses the ids (D32).
+    recently_freed: VecDeque<(SocketAddr, u16)>,
     by_recv_id: HashMap<(SocketAddr, u16), u32>,
     by_send_id: HashMap<(SocketAddr, u16), u32>,
     transmit_queue: VecDeque<u32>,
@@ -139,6 +150,8 @@ impl Endpoint {
             free: Vec::new(),
             live: 0,
             half_open: 0,
+            half_open_order: VecDeque::new(),
+            recently_freed: VecDeque::new(),
             by_recv_id: HashMap::new(),
             by_send_id: HashMap::new(),
             transmit_queue: VecDeque::new(),
@@ -206,7 +219,10 @@ impl Endpoint {
         for _ in 0..64 {
             let recv_id = self.rng.next_u32() as u16;
             let send_id = recv_id.wrapping_add(1);
-            if !self.id_in_use(remote, recv_id) && !self.id_in_use(remote, send_id) {
+            let recent = self.recently_freed.iter().any(|&(r, id)| {
+                r == remote && (id == recv_id || id == send_id || id == recv_id.wrapping_sub(1))
+            });
+            if !self.id_in_use(remote, recv_id) && !self.id_in_use(remote, send_id) && !recent {
                 ids = Some(recv_id);
                 break;
             }
@@ -274,6 +290,31 @@ impl Endpoint {
     fn handle_syn(&mut self, now: Instant, from: SocketAddr, syn: &Packet<'_>) {
         let id = syn.header.conn_id;
         let recv_id = id.wrapping_add(1);
+        // A new SYN reusing the ids of a connection of ours with the same peer that is
+        // over (lingering, nothing left to read) or a half-open one from an older SYN:
+        // the peer has forgotten that connection and starts a new one. Make room.
+        for key in [recv_id, id] {
+            let old = self
+                .by_recv_id
+                .get(&(from, key))
+                .or_else(|| self.by_send_id.get(&(from, key)))
+                .copied();
+            if let Some(idx) = old {
+                let replaceable = self.slots[idx as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.conn.replaceable_by(syn));
+                if replaceable {
+                    self.stats.connections_replaced += 1;
+                    let was_half_open = self.slots[idx as usize]
+                        .as_ref()
+                        .is_some_and(|s| s.half_open);
+                    if was_half_open {
+                        self.half_open -= 1;
+                    }
+                    self.free_slot(idx);
+                }
+            }
+        }
         if let Some(&idx) = self.by_recv_id.get(&(from, recv_id)) {
             // A resent SYN of a connection we know (or an id collision, D32, which the
             // connection ignores because the SYN's seq_nr differs).
@@ -286,9 +327,7 @@ impl Endpoint {
             self.stats.syns_rejected += 1;
             return;
         }
-        if self.half_open >= self.config.max_half_open {
-            // Like a full TCP SYN backlog: drop silently; a real client resends its SYN
-            // and gets in once handshakes complete, a flood gets nothing back.
+        if self.half_open >= self.config.max_half_open && !self.evict_oldest_half_open() {
             self.stats.syns_rejected += 1;
             return;
         }
@@ -300,7 +339,37 @@ impl Endpoint {
         }
         let isn = self.next_isn();
         let conn = Connection::accept(self.config.clone(), now, syn, isn);
-        self.insert(from, conn);
+        let h = self.insert(from, conn);
+        self.half_open_order.push_back((h.index, h.generation));
+        if self.half_open_order.len() > 2 * self.config.max_half_open + 16 {
+            let slots = &self.slots;
+            self.half_open_order.retain(|&(i, g)| {
+                slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.generation == g && s.half_open)
+            });
+        }
+    }
+
+    /// Makes room in a full half-open table by dropping the oldest half-open
+    /// connection, silently (it was never reported to the application). Under a SYN
+    /// flood every half-open entry then lives `max_half_open / flood rate`, so a real
+    /// client whose round trip is shorter still completes its handshake, where
+    /// dropping new SYNs would lock it out for as long as the flood lasts. Returns
+    /// whether one was evicted.
+    fn evict_oldest_half_open(&mut self) -> bool {
+        while let Some((idx, generation)) = self.half_open_order.pop_front() {
+            let live = self.slots[idx as usize]
+                .as_ref()
+                .is_some_and(|s| s.generation == generation && s.half_open);
+            if live {
+                self.half_open -= 1;
+                self.stats.half_open_evicted += 1;
+                self.free_slot(idx);
+                return true;
+            }
+        }
+        false
     }
 
     /// Queues a RESET answering `to`'s packet, within the rate limit (checklist X10).
@@ -590,6 +659,11 @@ impl Endpoint {
         };
         self.by_recv_id.remove(&(slot.remote, slot.conn.recv_id()));
         self.by_send_id.remove(&(slot.remote, slot.conn.send_id()));
+        if self.recently_freed.len() >= RECENTLY_FREED {
+            self.recently_freed.pop_front();
+        }
+        self.recently_freed
+            .push_back((slot.remote, slot.conn.recv_id()));
         self.generations[idx as usize] = slot.generation.wrapping_add(1);
         self.free.push(idx);
         self.live -= 1;

@@ -75,4 +75,10 @@ pub struct EndpointStats {
     pub connections_accepted: u64,
     /// Half-open incoming connections dropped by the handshake timeout.
     pub half_open_expired: u64,
+    /// Half-open incoming connections evicted, oldest first, to make room for a new
+    /// SYN while the half-open table was full (a SYN flood).
+    pub half_open_evicted: u64,
+    /// Finished (or half-open) connections replaced by a new SYN from the same peer
+    /// with the same ids.
+    pub connections_replaced: u64,
 }

@@ -209,7 +209,7 @@ pub fn endpoint_program(data: &[u8]) {
             }
             4 => {
                 let ms = u64::from(inp.u16()) * if inp.u8() % 4 == 0 { 100 } else { 1 };
-                now = now + Duration::from_millis(ms);
+                now += Duration::from_millis(ms);
                 ep.handle_timeout(now);
             }
             5 => {
@@ -444,8 +444,8 @@ pub fn connection_program(data: &[u8]) -> [usize; 2] {
     let mut left = 2000;
     while left > 0 {
         left -= 1;
-        for side in 0..2 {
-            read_check(&mut net, side, handles[side], &mut buf, &mut read, &mut eof);
+        for (side, &h) in handles.iter().enumerate() {
+            read_check(&mut net, side, h, &mut buf, &mut read, &mut eof);
         }
         let settled = (0..2).all(|side| {
             let other = 1 - side;

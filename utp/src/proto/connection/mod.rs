@@ -125,7 +125,9 @@ pub enum Event {
     Finished,
     /// Our FIN was acknowledged: everything we wrote was delivered.
     SendClosed,
-    /// The connection ended; `None` for a clean close.
+    /// The connection ended; `None` for a clean close. Data received and not yet read
+    /// stays readable: the connection is released once a read reports the end (EOF or
+    /// the error) or the application calls `close` or `abort`.
     Closed(Option<ConnectionError>),
 }
 
@@ -199,6 +201,9 @@ pub struct Connection {
     recv: RecvBuffer,
     peer_finished: bool,
     app_closed: bool,
+    /// Closed with received data the application has not read: the connection is
+    /// kept until a read reports the end (or the application closes it).
+    hold_for_reader: bool,
     reply_micro: u32,
     ack_due: bool,
     sack_due: bool,
@@ -312,6 +317,7 @@ impl Connection {
             ),
             peer_finished: false,
             app_closed: false,
+            hold_for_reader: false,
             reply_micro: 0,
             ack_due: false,
             sack_due: false,
@@ -414,7 +420,22 @@ impl Connection {
 
     /// Whether the owner may forget this connection: closed and done lingering.
     pub(crate) fn is_released(&self) -> bool {
-        self.state == State::Closed && !self.reset_due
+        // Received data the application has not read (and has not given up on with
+        // `close`) keeps the connection, so no byte is lost however late it reads.
+        self.state == State::Closed && !self.reset_due && !self.hold_for_reader
+    }
+
+    /// Whether a new SYN from the same peer with the same ids may replace this
+    /// connection: it is over on our side with nothing left for the application to
+    /// read, or it is half open from a different SYN (the peer started again).
+    pub(crate) fn replaceable_by(&self, syn: &Packet<'_>) -> bool {
+        match self.state {
+            State::Linger | State::Closed => {
+                self.app_closed || (self.recv.readable() == 0 && !self.hold_for_reader)
+            }
+            State::SynReceived => syn.header.seq_nr != self.peer_syn_seq,
+            _ => false,
+        }
     }
 
     /// Whether the connection is an incoming one still half open.
@@ -468,11 +489,18 @@ impl Connection {
             return Ok(n);
         }
         if self.peer_finished {
+            self.hold_for_reader = false;
             return Ok(0);
         }
         match (self.error, self.state) {
-            (Some(e), _) => Err(StreamError::Failed(e)),
-            (None, State::Closed | State::Linger) => Ok(0),
+            (Some(e), _) => {
+                self.hold_for_reader = false;
+                Err(StreamError::Failed(e))
+            }
+            (None, State::Closed | State::Linger) => {
+                self.hold_for_reader = false;
+                Ok(0)
+            }
             _ => {
                 self.readable_signalled = false;
                 Err(StreamError::WouldBlock)
@@ -496,6 +524,7 @@ impl Connection {
     pub(crate) fn close(&mut self, now: Instant) {
         self.app_closed = true;
         self.recv.discard();
+        self.hold_for_reader = false;
         // While connecting, the FIN waits in the queue behind any data written so far;
         // both go out once the handshake completes.
         self.shutdown();
@@ -504,6 +533,8 @@ impl Connection {
 
     /// Abandons the connection at once; a RESET tells the peer.
     pub(crate) fn abort(&mut self, now: Instant) {
+        self.recv.discard();
+        self.hold_for_reader = false;
         if self.state == State::Closed {
             return;
         }
@@ -1008,6 +1039,7 @@ impl Connection {
                 Timer::ZeroWindow => self.probe_due = true,
                 Timer::Linger => {
                     self.state = State::Closed;
+                    self.hold_for_reader = !self.app_closed && self.recv.readable() > 0;
                     self.timers.stop_all();
                     return;
                 }
@@ -1366,6 +1398,7 @@ impl Connection {
         self.state = State::Closed;
         self.error = error;
         self.reset_due = tell_peer;
+        self.hold_for_reader = !self.app_closed && self.recv.readable() > 0;
         self.timers.stop_all();
         self.events.push_back(Event::Closed(error));
     }

@@ -384,14 +384,21 @@ fn half_open_expires() {
     s.recv(syn, &[], &[]);
     s.sent();
     assert_eq!(s.ep.connection_count(), 1);
-    s.advance(Duration::from_secs(4));
+    s.advance(Duration::from_secs(9));
+    assert_eq!(
+        s.ep.connection_count(),
+        1,
+        "room for the initiator's resent proof"
+    );
+    s.advance(Duration::from_secs(2));
     assert_eq!(s.ep.connection_count(), 0);
     assert_eq!(s.ep.half_open_count(), 0);
     assert_eq!(s.ep.stats().half_open_expired, 1);
 }
 
-// Half-open limit: SYNs beyond it are dropped silently (no reply to a flood); a full
-// connection table refuses with a RESET.
+// Half-open limit: a SYN beyond it evicts the oldest half-open connection (silently:
+// no reply goes to the evicted one, so a flood gets nothing extra); a full connection
+// table refuses with a RESET.
 /// Covers: L3, X10
 #[test]
 fn half_open_and_connection_limits() {
@@ -405,12 +412,25 @@ fn half_open_and_connection_limits() {
         s.recv(syn, &[], &[]);
     }
     assert_eq!(s.ep.half_open_count(), 2);
+    assert_eq!(
+        s.ep.connection_count(),
+        2,
+        "the table stays within the limit"
+    );
     let out = s.sent();
-    assert_eq!(out.len(), 2, "two SYN-ACKs, nothing for the third SYN");
+    assert_eq!(out.len(), 2, "one SYN-ACK each for the two that remain");
     assert!(out.iter().all(|o| o.h.ty == PacketType::State));
-    assert_eq!(s.ep.stats().syns_rejected, 1);
+    let mut ids: Vec<u16> = out.iter().map(|o| o.h.conn_id).collect();
+    ids.sort();
+    assert_eq!(ids, [20, 30], "the oldest (10) was evicted");
+    assert_eq!(s.ep.stats().half_open_evicted, 1);
+    // The evicted initiator's proof now finds nothing (answered by a RESET).
+    let stale = s.header(PacketType::Data, 11, 2, 0);
+    s.recv(stale, &[], b"x");
+    assert_eq!(s.sent()[0].h.ty, PacketType::Reset);
     // Complete both handshakes, so the half-open slots free; then fill the table.
-    for (id, answer) in [(11u16, &out[0]), (21, &out[1])] {
+    for answer in &out {
+        let id = answer.h.conn_id + 1;
         let proof = s.header(PacketType::Data, id, 2, answer.h.seq_nr.0.wrapping_sub(1));
         s.recv(proof, &[], b"x");
     }
@@ -426,6 +446,36 @@ fn half_open_and_connection_limits() {
     assert_eq!(out[0].h.ty, PacketType::Reset, "table full: refused");
     assert_eq!(out[0].h.conn_id, 50);
     assert_eq!(out[0].h.ack_nr, SeqNr(7));
+}
+
+// A peer that starts a new connection with the ids of one that is over on our side
+// (lingering, nothing left to read) gets it: the old one is replaced, where D32 would
+// ignore the SYN and the peer's connect would time out.
+/// Covers: D32
+#[test]
+fn syn_reusing_the_ids_of_a_finished_connection_replaces_it() {
+    let mut s = Script::fixed();
+    let h = connected_acceptor(&mut s, 9, 1, 100);
+    let now = s.now;
+    s.ep.close(now, h).unwrap();
+    let fin = s.sent();
+    assert_eq!(fin.last().unwrap().h.ty, PacketType::Fin);
+    // The peer acknowledges our FIN and sends its own: we linger.
+    let ack = s.header(PacketType::State, 10, 2, 100);
+    s.recv(ack, &[], &[]);
+    let peer_fin = s.header(PacketType::Fin, 10, 2, 100);
+    s.recv(peer_fin, &[], &[]);
+    s.sent();
+    assert_eq!(s.conn(h).state(), State::Linger);
+    // A new SYN with the same id and another seq_nr: answered.
+    let syn = s.header(PacketType::Syn, 9, 700, 0);
+    s.recv(syn, &[], &[]);
+    let out = s.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].h.ty, PacketType::State);
+    assert_eq!(out[0].h.ack_nr, SeqNr(700));
+    assert_eq!(s.ep.stats().connections_replaced, 1);
+    assert!(s.ep.connection(h).is_none(), "the old connection is gone");
 }
 
 // D32: a SYN whose ids collide with an existing connection is ignored.
@@ -906,7 +956,18 @@ fn close_handshake_and_linger() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].h.ack_nr, SeqNr(101));
     s.advance(Duration::from_secs(5));
-    assert!(s.ep.connection(h).is_none(), "released after lingering");
+    // The peer's late data was never read: the connection waits for the reader.
+    assert!(s.ep.connection(h).is_some(), "held while data is unread");
+    let now = s.now;
+    let mut buf = [0u8; 32];
+    assert_eq!(s.ep.read(now, h, &mut buf), Ok(9));
+    assert_eq!(&buf[..9], b"late data");
+    assert_eq!(s.ep.read(now, h, &mut buf), Ok(0), "then EOF");
+    s.advance(Duration::from_millis(1));
+    assert!(
+        s.ep.connection(h).is_none(),
+        "released once read to the end"
+    );
 }
 
 // Close while connecting: the data written so far and the FIN wait for the handshake
