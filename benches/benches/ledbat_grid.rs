@@ -2,15 +2,18 @@
 //! same simulated links.
 //!
 //! Every cell of a grid (bottleneck rate × RTT × random loss × queue depth) moves a
-//! fixed number of bytes through the deterministic simulator (`utp-sim`), once with our
-//! stack at both ends and once with libutp at both ends. Criterion's `iter_custom`
+//! fixed number of bytes through the deterministic simulator (`utp-sim`) three times:
+//! with our stack at both ends in its default configuration (RFC 6817's GAIN of 1:
+//! the window grows at most one packet per RTT), with ours given BEP 29's growth of
+//! 3000 bytes per RTT (what libutp and libtorrent use; `max_increase_per_rtt`), and
+//! with libutp at both ends. Criterion's `iter_custom`
 //! returns the *simulated* transfer time, and `Throughput::Bytes` turns it into
 //! goodput, so the figures are exact and the same on every machine. libutp's initial
 //! seq_nr is pinned to one for which its fast retransmit works (checklist L bug 1);
 //! otherwise its results swing severalfold with the seed.
 //!
-//! After the criterion runs, the bench prints one table (ours / libutp goodput per
-//! cell) and writes it to `target/ledbat-grid.md`.
+//! After the criterion runs, the bench prints one table (goodput of each, and ours /
+//! libutp per cell) and writes it to `target/ledbat-grid.md`.
 //!
 //! ```text
 //! cargo bench -p utp-benches --bench ledbat_grid            # the grid
@@ -26,7 +29,7 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use utp_sim::link::{LossModel, QueueLimit};
-use utp_sim::scenario::{FlowKind, FlowSpec, Stack};
+use utp_sim::scenario::{FlowKind, FlowSpec};
 use utp_sim::{run, Scenario};
 
 /// libutp's initial seq_nr in every libutp run: its fast retransmit works with it.
@@ -34,6 +37,29 @@ const LIBUTP_SEQ_NR: u16 = 0x4000;
 /// Simulated time after which a transfer is abandoned (it then counts as moving the
 /// bytes delivered so far in this time).
 const LIMIT: Duration = Duration::from_secs(1200);
+
+/// What runs at both ends of the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// Our defaults (RFC 6817 GAIN 1).
+    Ours,
+    /// Ours with BEP 29's 3000 bytes per RTT of growth, as libutp.
+    OursBep29Gain,
+    /// The real libutp.
+    Libutp,
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [Variant::Ours, Variant::OursBep29Gain, Variant::Libutp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Ours => "ours",
+            Variant::OursBep29Gain => "ours-bep29-gain",
+            Variant::Libutp => "libutp",
+        }
+    }
+}
 
 /// One cell of the grid.
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
@@ -63,7 +89,7 @@ impl Cell {
         self.rate_mbit * 1_000_000 / 8 * 4
     }
 
-    fn scenario(&self, stack: Stack) -> Scenario {
+    fn scenario(&self, variant: Variant) -> Scenario {
         let mut s = Scenario {
             name: self.label(),
             seed: 7,
@@ -81,15 +107,20 @@ impl Cell {
         };
         s.reverse.rate_bps = rate;
         s.reverse.delay = one_way;
-        s.flows = vec![FlowSpec {
-            kind: match stack {
-                Stack::Ours => FlowKind::Utp,
-                Stack::Libutp => FlowKind::Libutp,
+        let mut flow = FlowSpec {
+            kind: match variant {
+                Variant::Ours | Variant::OursBep29Gain => FlowKind::Utp,
+                Variant::Libutp => FlowKind::Libutp,
             },
             bytes: Some(self.bytes()),
             libutp_seq_nr: Some(LIBUTP_SEQ_NR),
             ..FlowSpec::default()
-        }];
+        };
+        if variant == Variant::OursBep29Gain {
+            flow.ledbat.max_increase_per_rtt = Some(3000);
+            flow.ledbat.gain = Some(1.0);
+        }
+        s.flows = vec![flow];
         s
     }
 }
@@ -129,15 +160,15 @@ impl Outcome {
     }
 }
 
-/// Runs one transfer. Deterministic: the same cell and stack give the same outcome.
-fn transfer(cell: Cell, stack: Stack) -> Outcome {
-    let s = cell.scenario(stack);
+/// Runs one transfer. Deterministic: the same cell and variant give the same outcome.
+fn transfer(cell: Cell, variant: Variant) -> Outcome {
+    let s = cell.scenario(variant);
     let r = match run(&s, false) {
         Ok(r) => r,
         Err(e) => panic!("{}: {e}", cell.label()),
     };
     if let Some(f) = &r.failure {
-        panic!("{} {stack:?}: {f}", cell.label());
+        panic!("{} {variant:?}: {f}", cell.label());
     }
     let flow = &r.flows[0];
     let queue_ms = r.links[0].mean_queue_delay().as_secs_f64() * 1e3;
@@ -162,25 +193,18 @@ fn transfer(cell: Cell, stack: Stack) -> Outcome {
 /// Outcomes seen during this process run, for the summary table.
 static SEEN: Mutex<BTreeMap<(String, &'static str), Outcome>> = Mutex::new(BTreeMap::new());
 
-fn stack_name(stack: Stack) -> &'static str {
-    match stack {
-        Stack::Ours => "ours",
-        Stack::Libutp => "libutp",
-    }
-}
-
 fn ledbat_grid(c: &mut Criterion) {
     for cell in grid() {
         let mut g = c.benchmark_group(format!("ledbat/{}", cell.label()));
         g.throughput(Throughput::Bytes(cell.bytes()));
         g.sampling_mode(SamplingMode::Flat);
-        for stack in [Stack::Ours, Stack::Libutp] {
-            g.bench_function(BenchmarkId::from_parameter(stack_name(stack)), |b| {
+        for variant in Variant::ALL {
+            g.bench_function(BenchmarkId::from_parameter(variant.name()), |b| {
                 b.iter_custom(|iters| {
-                    let o = transfer(cell, stack);
+                    let o = transfer(cell, variant);
                     SEEN.lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert((cell.label(), stack_name(stack)), o);
+                        .insert((cell.label(), variant.name()), o);
                     o.time * u32::try_from(iters).unwrap_or(u32::MAX)
                 })
             });
@@ -190,8 +214,7 @@ fn ledbat_grid(c: &mut Criterion) {
     summary();
 }
 
-/// Prints the ours / libutp table for the cells that ran, and writes it to
-/// `target/ledbat-grid.md`.
+/// Prints the table for the cells that ran, and writes it to `target/ledbat-grid.md`.
 fn summary() {
     let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen.is_empty() {
@@ -200,37 +223,53 @@ fn summary() {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| cell (rate/RTT/loss/queue) | ours Mbit/s | libutp Mbit/s | ours / libutp | queue ms ours | queue ms libutp |"
+        "| cell (rate/RTT/loss/queue) | ours | ours, BEP 29 gain | libutp | ours / libutp | ours BEP 29 gain / libutp | queue ms ours / libutp |"
     );
-    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|");
-    let mut ratios = Vec::new();
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|");
+    let (mut ratios, mut ratios_gain) = (Vec::new(), Vec::new());
     for cell in grid() {
         let label = cell.label();
-        let (Some(o), Some(l)) = (
-            seen.get(&(label.clone(), "ours")),
-            seen.get(&(label.clone(), "libutp")),
+        let get = |v: Variant| seen.get(&(label.clone(), v.name()));
+        let (Some(o), Some(b), Some(l)) = (
+            get(Variant::Ours),
+            get(Variant::OursBep29Gain),
+            get(Variant::Libutp),
         ) else {
             continue;
         };
-        let (go, gl) = (o.goodput_mbit(cell.bytes()), l.goodput_mbit(cell.bytes()));
+        let bytes = cell.bytes();
+        let (go, gb, gl) = (
+            o.goodput_mbit(bytes),
+            b.goodput_mbit(bytes),
+            l.goodput_mbit(bytes),
+        );
         let mark = |x: &Outcome| if x.finished { "" } else { " (unfinished)" };
         ratios.push(go / gl);
+        ratios_gain.push(gb / gl);
         let _ = writeln!(
             t,
-            "| {label} | {go:.2}{} | {gl:.2}{} | {:.2} | {:.0} | {:.0} |",
+            "| {label} | {go:.2}{} | {gb:.2}{} | {gl:.2}{} | {:.2} | {:.2} | {:.0} / {:.0} |",
             mark(o),
+            mark(b),
             mark(l),
             go / gl,
+            gb / gl,
             o.queue_ms,
             l.queue_ms
         );
     }
+    let stats = |r: &[f64]| {
+        let geo = (r.iter().map(|x| x.ln()).sum::<f64>() / r.len().max(1) as f64).exp();
+        let min = r.iter().cloned().fold(f64::INFINITY, f64::min);
+        (geo, min)
+    };
     if !ratios.is_empty() {
-        let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
-        let min = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let (geo, min) = stats(&ratios);
+        let (geo_b, min_b) = stats(&ratios_gain);
         let _ = writeln!(
             t,
-            "\n{} cells: ours / libutp geometric mean {geo:.2}, lowest {min:.2}",
+            "\n{} cells (goodput in Mbit/s): ours / libutp geometric mean {geo:.2}, lowest {min:.2}; \
+             ours with BEP 29 gain / libutp geometric mean {geo_b:.2}, lowest {min_b:.2}",
             ratios.len()
         );
     }
