@@ -345,6 +345,8 @@ fn minimum_rto_follows_the_profile() {
     ] {
         let mut config = config;
         config.max_retransmits = 3;
+        // The retransmission timer alone: no tail loss probe before it.
+        config.tail_loss_probe = false;
         let mut s = Script::new(config);
         let (h, _, _) = s.connect("192.0.2.9:4000", 300);
         let start = s.now;

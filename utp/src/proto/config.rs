@@ -85,6 +85,12 @@ pub struct Config {
     /// sets `ack_nr = seq_nr`. The two do not interoperate as initiator and acceptor;
     /// only [`Config::bep29_text`] sets it.
     pub syn_ack_consumes_seq_nr: bool,
+    /// Tail loss probe (RFC 8985 section 7): when no ACK arrives for two smoothed RTTs
+    /// plus `delayed_ack` with data in flight, resend the newest packet once, so that
+    /// a loss at the end of a burst is repaired by fast retransmit rather than by the
+    /// retransmission timeout (at least `min_timeout`). BEP 29, libutp and libtorrent
+    /// have none. Default true; false in the libutp, libtorrent and BEP-text profiles.
+    pub tail_loss_probe: bool,
 }
 
 impl Default for Config {
@@ -113,6 +119,7 @@ impl Default for Config {
             reset_limit: 1000,
             reset_interval: Duration::from_secs(10),
             syn_ack_consumes_seq_nr: false,
+            tail_loss_probe: true,
         }
     }
 }
@@ -138,6 +145,7 @@ impl Config {
             min_timeout: Duration::from_millis(1000),
             syn_retries: 2,
             max_retransmits: 4,
+            tail_loss_probe: false,
             congestion: CongestionConfig::Ledbat(LedbatConfig::libutp()),
             ..Config::default()
         }
@@ -148,6 +156,7 @@ impl Config {
     pub fn libtorrent() -> Self {
         Config {
             reset_unknown: false,
+            tail_loss_probe: false,
             congestion: CongestionConfig::Ledbat(LedbatConfig::libtorrent()),
             ..Config::default()
         }
@@ -163,6 +172,7 @@ impl Config {
         ledbat.random_loss_backlog_packets = 0.0;
         Config {
             syn_ack_consumes_seq_nr: true,
+            tail_loss_probe: false,
             keepalive_interval: None,
             min_timeout: Duration::from_millis(500),
             congestion: CongestionConfig::Ledbat(ledbat),

@@ -20,6 +20,9 @@ pub struct ConnectionStats {
     pub retransmits_dup_ack: u64,
     /// Packets resent because selective ACKs showed three later packets arrived.
     pub retransmits_sack: u64,
+    /// Tail loss probes: the newest unacknowledged packet resent when no ACK came for
+    /// about two round trips, so that the ACK it draws shows any loss before it.
+    pub retransmits_probe: u64,
     /// Retransmission timeouts that fired.
     pub timeouts: u64,
     /// Duplicate ACKs received while data was in flight.

@@ -154,6 +154,7 @@ enum ResendCause {
     Timeout,
     DupAck,
     Sack,
+    Probe,
 }
 
 /// One uTP connection, owned by an [`super::Endpoint`].
@@ -201,6 +202,10 @@ pub struct Connection {
     recv: RecvBuffer,
     peer_finished: bool,
     app_closed: bool,
+    /// A tail loss probe is due (its timer fired with data in flight).
+    tail_probe_due: bool,
+    /// A tail loss probe went out and no ACK made progress since.
+    tail_probe_sent: bool,
     /// Closed with received data the application has not read: the connection is
     /// kept until a read reports the end (or the application closes it).
     hold_for_reader: bool,
@@ -317,6 +322,8 @@ impl Connection {
             ),
             peer_finished: false,
             app_closed: false,
+            tail_probe_due: false,
+            tail_probe_sent: false,
             hold_for_reader: false,
             reply_micro: 0,
             ack_due: false,
@@ -781,11 +788,13 @@ impl Connection {
         if newly_acked > 0 || released > 0 {
             self.consecutive_timeouts = 0;
             self.rtt.on_progress();
+            self.tail_probe_sent = false;
             if self.send.packets_len() > 0 {
                 self.timers.set(Timer::Retransmit, now + self.rtt.rto());
             } else {
                 self.timers.stop(Timer::Retransmit);
             }
+            self.arm_tail_probe(now);
         }
         if newly_acked > 0 {
             let delay_sample = match h.timestamp_diff.0 {
@@ -1026,6 +1035,9 @@ impl Connection {
                     return;
                 }
                 Timer::Retransmit => self.on_retransmit_timeout(now),
+                Timer::Probe => {
+                    self.tail_probe_due = !self.tail_probe_sent && self.bytes_in_flight > 0;
+                }
                 Timer::DelayedAck => self.ack_due = true,
                 Timer::Keepalive => {
                     if self.is_established() && self.state != State::Linger {
@@ -1190,6 +1202,9 @@ impl Connection {
             let seq = self.send.next_seq();
             return Some(self.emit_control(now, PacketType::State, seq, buf));
         }
+        if let Some(n) = self.next_tail_probe(now, buf) {
+            return Some(n);
+        }
         if let Some(n) = self.next_resend(now, buf) {
             return Some(n);
         }
@@ -1298,6 +1313,7 @@ impl Connection {
             Some(ResendCause::Timeout) => self.stats.retransmits_timeout += 1,
             Some(ResendCause::DupAck) => self.stats.retransmits_dup_ack += 1,
             Some(ResendCause::Sack) => self.stats.retransmits_sack += 1,
+            Some(ResendCause::Probe) => self.stats.retransmits_probe += 1,
             None if first => self.stats.bytes_sent += len as u64,
             None => {}
         }
@@ -1315,7 +1331,57 @@ impl Connection {
             self.timers.set(Timer::Retransmit, now + self.rtt.rto());
         }
         self.timers.stop(Timer::ZeroWindow);
+        self.arm_tail_probe(now);
         hlen + len
+    }
+
+    /// Arms the tail loss probe (RFC 8985 section 7): if no ACK arrives within two
+    /// smoothed RTTs plus our peer's ACK delay, the newest packet in flight is resent
+    /// once. A loss at the tail of a burst draws no duplicate ACKs; the probe's ACK
+    /// carries a selective ACK that starts fast retransmit, instead of waiting for the
+    /// retransmission timeout (at least 500 ms, and 1 s in libutp).
+    fn arm_tail_probe(&mut self, now: Instant) {
+        let Some(srtt) = self.rtt.srtt() else {
+            return;
+        };
+        if !self.config.tail_loss_probe || self.tail_probe_sent || self.bytes_in_flight == 0 {
+            self.timers.stop(Timer::Probe);
+            return;
+        }
+        let at = now + srtt * 2 + self.config.delayed_ack;
+        let before_rto = self
+            .timers
+            .deadline(Timer::Retransmit)
+            .is_none_or(|rto| at < rto);
+        if before_rto {
+            self.timers.set(Timer::Probe, at);
+        } else {
+            self.timers.stop(Timer::Probe);
+        }
+    }
+
+    /// The tail loss probe: resends the newest packet still in flight.
+    fn next_tail_probe(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if !self.tail_probe_due {
+            return None;
+        }
+        self.tail_probe_due = false;
+        let oldest = self.send.oldest_seq();
+        let mut seq = self.send.next_seq();
+        while seq != oldest {
+            seq = seq.prev();
+            let Some(p) = self.send.get(seq) else {
+                continue;
+            };
+            if p.acked || p.need_resend || p.transmissions == 0 {
+                continue;
+            }
+            // It leaves the flight and enters it again with this transmission.
+            self.bytes_in_flight = self.bytes_in_flight.saturating_sub(usize::from(p.len));
+            self.tail_probe_sent = true;
+            return Some(self.emit_data(now, seq, Some(ResendCause::Probe), buf));
+        }
+        None
     }
 
     /// Sends a STATE or RESET; a STATE carries a selective ACK when packets wait

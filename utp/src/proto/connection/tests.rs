@@ -502,6 +502,7 @@ fn colliding_syn_is_ignored() {
 fn window_limits_flight_and_resends_are_identical() {
     let mut s = Script::new(Config {
         congestion: CongestionConfig::Fixed(3 * 1380),
+        tail_loss_probe: false,
         ..Config::default()
     });
     let h = connected_initiator(&mut s, 10, 1, 100);
@@ -530,11 +531,67 @@ fn window_limits_flight_and_resends_are_identical() {
     assert_eq!(next[0].h.seq_nr, SeqNr(14));
 }
 
+// Tail loss probe (RFC 8985): the last packets of a burst are lost, so no duplicate
+// ACK comes; after about two RTTs the newest packet is resent once, and the selective
+// ACK it draws starts fast retransmit of the hole, long before the 500 ms RTO.
+#[test]
+fn tail_loss_probe_repairs_a_lost_tail_before_the_timeout() {
+    let mut s = Script::fixed();
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    // An RTT sample of 10 ms.
+    let now = s.now;
+    s.ep.write(now, h, &[1u8; 1380]).unwrap();
+    assert_eq!(s.sent().len(), 1);
+    s.advance(Duration::from_millis(10));
+    let ack = s.header(PacketType::State, 1, 100, 11);
+    s.recv(ack, &[], &[]);
+    // Four packets; 12 and 13 arrive, 14 and 15 are lost.
+    let now = s.now;
+    s.ep.write(now, h, &[2u8; 4 * 1380]).unwrap();
+    let out = s.sent();
+    assert_eq!(out.len(), 4);
+    s.advance(Duration::from_millis(10));
+    let ack = s.header(PacketType::State, 1, 100, 13);
+    s.recv(ack, &[], &[]);
+    assert!(s.sent().is_empty());
+    // About 2 × SRTT + delayed ACK later, the probe: the newest packet, 15.
+    let probe = s.advance_collect(Duration::from_millis(100));
+    assert_eq!(probe.len(), 1, "one probe");
+    assert_eq!(probe[0].1.h.seq_nr, SeqNr(15));
+    assert!(
+        probe[0].0 - now < Duration::from_millis(80),
+        "well before the RTO"
+    );
+    assert_eq!(s.conn(h).stats().retransmits_probe, 1);
+    // The peer got 15: its ACK selectively acknowledges it, and 14, the hole, is
+    // resent long before the RTO (without the probe no ACK would ever come until it).
+    let mut sack = [0u8; 4];
+    sack[0] = 0b1; // ack_nr 13 + 2 = 15
+    let ack = s.header(PacketType::State, 1, 100, 13);
+    s.recv(
+        ack,
+        &[Extension::SelectiveAck(SelectiveAck::new(&sack))],
+        &[],
+    );
+    let resent = s.advance_collect(Duration::from_millis(200));
+    assert!(
+        resent
+            .iter()
+            .any(|(t, o)| o.h.seq_nr == SeqNr(14) && *t - now < Duration::from_millis(400)),
+        "14 resent before the RTO: {resent:?}"
+    );
+    assert_eq!(s.conn(h).stats().timeouts, 0);
+}
+
 // G46: after a timeout LEDBAT's window is one packet: one packet goes out.
 /// Covers: G46, I54
 #[test]
 fn timeout_lets_one_packet_out() {
-    let mut s = Script::new(Config::default());
+    let mut s = Script::new(Config {
+        // The retransmission timer alone (the tail loss probe has its own test).
+        tail_loss_probe: false,
+        ..Config::default()
+    });
     let h = connected_initiator(&mut s, 10, 1, 100);
     let now = s.now;
     s.ep.write(now, h, &[1u8; 20_000]).unwrap();
@@ -551,7 +608,11 @@ fn timeout_lets_one_packet_out() {
 // `a_packet_lost_again_after_a_timeout_is_resent_first`).
 #[test]
 fn resends_go_oldest_first_after_repeated_timeouts() {
-    let mut s = Script::new(Config::default());
+    let mut s = Script::new(Config {
+        // The retransmission timer alone (the tail loss probe has its own test).
+        tail_loss_probe: false,
+        ..Config::default()
+    });
     let h = connected_initiator(&mut s, 10, 1, 100);
     let now = s.now;
     s.ep.write(now, h, &[7u8; 4 * 1380]).unwrap();
@@ -729,6 +790,7 @@ fn retransmission_timeouts_back_off_and_give_up() {
     let mut s = Script::new(Config {
         max_retransmits: 3,
         congestion: CongestionConfig::Fixed(20_000),
+        tail_loss_probe: false,
         ..Config::default()
     });
     let h = connected_initiator(&mut s, 1, 10, 100);

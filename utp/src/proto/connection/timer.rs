@@ -21,9 +21,11 @@ pub(crate) enum Timer {
     ZeroWindow = 6,
     /// End of the linger period after close.
     Linger = 7,
+    /// Tail loss probe: no ACK for about two round trips with data in flight.
+    Probe = 8,
 }
 
-const COUNT: usize = 8;
+const COUNT: usize = 9;
 
 /// Deadlines indexed by [`Timer`].
 #[derive(Clone, Debug, Default)]
@@ -40,6 +42,11 @@ impl TimerTable {
     /// Disarms `timer`.
     pub fn stop(&mut self, timer: Timer) {
         self.deadlines[timer as usize] = None;
+    }
+
+    /// When `timer` fires, if armed.
+    pub fn deadline(&self, timer: Timer) -> Option<Instant> {
+        self.deadlines[timer as usize]
     }
 
     /// Whether `timer` is armed.
@@ -68,6 +75,7 @@ impl TimerTable {
             Timer::Idle,
             Timer::ZeroWindow,
             Timer::Linger,
+            Timer::Probe,
         ];
         let t = ALL
             .into_iter()
