@@ -65,8 +65,10 @@ fn throughput_under_random_loss_and_long_rtt() {
     assert!(goodput < 10e6, "cannot exceed the link");
     assert!(r.flows[0].retransmits > 10, "losses were repaired");
 
+    // Reno's AIMD: halve at every loss, grow one packet (1380 bytes) per RTT.
     let mut reno = s.clone();
     reno.flows[0].ledbat.random_loss_backlog_packets = Some(0.0);
+    reno.flows[0].ledbat.max_increase_per_rtt = Some(1380);
     let halving = go(&reno).goodput(0, 10.0, 60.0);
     assert!(
         (0.7 * mathis..1.6 * mathis).contains(&halving),

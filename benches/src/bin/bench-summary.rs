@@ -143,7 +143,7 @@ fn main() -> ExitCode {
     );
     let _ = writeln!(
         t,
-        "| cell (rate/RTT/loss/queue) | ours | ours, BEP 29 gain | libutp | ours / libutp | ours BEP 29 gain / libutp |\n|---|---:|---:|---:|---:|---:|"
+        "| cell (rate/RTT/loss/queue) | ours | ours, RFC 6817 gain | libutp | ours / libutp | ours RFC gain / libutp |\n|---|---:|---:|---:|---:|---:|"
     );
     let goodput = |id: &str| {
         let r = results.get(id)?;
@@ -158,7 +158,7 @@ fn main() -> ExitCode {
     for id in cells {
         let cell = id.trim_start_matches("ledbat/").trim_end_matches("/ours");
         let (o, l) = (goodput(id), goodput(&format!("ledbat/{cell}/libutp")));
-        let b = goodput(&format!("ledbat/{cell}/ours-bep29-gain"));
+        let b = goodput(&format!("ledbat/{cell}/ours-rfc6817-gain"));
         if let (Some(o), Some(l)) = (o, l) {
             ratios.push(o / l);
             let (bs, br) = b.map_or(("-".into(), "-".into()), |b| {

@@ -57,7 +57,8 @@ pub struct Config {
     /// Largest span of out-of-order packets accepted beyond the next expected one;
     /// also bounds the selective-ACK bitmask (span / 8 bytes). Default 1024.
     pub max_reorder_packets: u16,
-    /// The congestion controller. Default: LEDBAT with RFC 6817 parameters.
+    /// The congestion controller. Default: LEDBAT with RFC 6817's parameters and BEP
+    /// 29's growth of 3000 bytes per RTT (`LedbatConfig::default`).
     pub congestion: CongestionConfig,
     /// Most connections an endpoint holds at once (all states). Beyond it, `connect`
     /// fails and incoming SYNs are refused with a RESET. Default 1024 (the original
@@ -164,7 +165,8 @@ impl Config {
 
     /// The BEP 29 text read literally where deployed stacks depart from it (checklist
     /// section X): the SYN-ACK consumes a seq_nr (X1), no keep-alive (X8), the 500 ms
-    /// minimum timeout (X4), a loss halves the window whatever the queue (X14). For
+    /// minimum timeout (X4), window growth counted in packets (one per RTT, X7), a loss
+    /// halves the window whatever the queue (X14), no tail loss probe. For
     /// talking to another implementation of the text; libutp and libtorrent peers need
     /// the default numbering.
     pub fn bep29_text() -> Self {

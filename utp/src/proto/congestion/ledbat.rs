@@ -51,8 +51,9 @@ use crate::time::{duration_micros, Instant};
 
 /// The parameters of [`Ledbat`], each documented with where its value comes from.
 ///
-/// [`LedbatConfig::default`] is [`LedbatConfig::rfc6817`]; [`LedbatConfig::libutp`]
-/// and [`LedbatConfig::libtorrent`] reproduce those implementations' choices. Change
+/// [`LedbatConfig::default`] is [`LedbatConfig::rfc6817`] with BEP 29's growth of at
+/// most 3000 bytes per RTT (see "Growth" below); [`LedbatConfig::libutp`] and
+/// [`LedbatConfig::libtorrent`] reproduce those implementations' choices. Change
 /// individual fields on one of these to tune:
 ///
 /// ```ignore
@@ -70,6 +71,17 @@ use crate::time::{duration_micros, Instant};
 /// target, so a flow reaches the target delay within a few RTTs. The delay-based exit
 /// keeps slow start from overshooting the queue by much; it also ends on the first loss
 /// or timeout.
+///
+/// # Growth
+///
+/// RFC 6817 caps GAIN at 1: below the target the window grows at most one MSS per
+/// RTT. BEP 29, which defines uTP, grows it by `MAX_CWND_INCREASE_BYTES_PER_RTT`
+/// scaled by the distance to the target, and every deployed uTP (libutp, libtorrent)
+/// uses 3000 bytes per RTT, about two packets. The default follows BEP 29 and the
+/// field: under random loss the window recovers twice as fast (measured in the
+/// benchmark grid: 1.48 times libutp's goodput at 1 % loss and 50 ms RTT, against 1.04
+/// with GAIN 1), while the delay response, and with it yielding to TCP, is unchanged
+/// (the simulator's evidence tests). [`LedbatConfig::rfc6817`] keeps the RFC's cap.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct LedbatConfig {
@@ -171,13 +183,17 @@ pub struct LedbatConfig {
 
 impl Default for LedbatConfig {
     fn default() -> Self {
-        LedbatConfig::rfc6817()
+        LedbatConfig {
+            max_increase_per_rtt: Some(3000),
+            ..LedbatConfig::rfc6817()
+        }
     }
 }
 
 impl LedbatConfig {
     /// RFC 6817's recommended parameters, plus a delay-bounded slow start (see the type's
-    /// documentation) and BEP 29's halving on loss. This is the default.
+    /// documentation) and BEP 29's halving on loss. The default is this with BEP 29's
+    /// growth of 3000 bytes per RTT.
     pub fn rfc6817() -> Self {
         LedbatConfig {
             target: Duration::from_millis(100),
@@ -685,7 +701,15 @@ mod tests {
     /// Covers: I50, X5, X6, X7
     #[test]
     fn profiles() {
-        assert_eq!(LedbatConfig::default(), LedbatConfig::rfc6817());
+        // The default is RFC 6817's parameters with BEP 29's growth of 3000 bytes per
+        // RTT, as libutp and libtorrent grow.
+        assert_eq!(
+            LedbatConfig::default(),
+            LedbatConfig {
+                max_increase_per_rtt: Some(3000),
+                ..LedbatConfig::rfc6817()
+            }
+        );
         let rfc = LedbatConfig::rfc6817();
         assert_eq!(rfc.target, Duration::from_millis(100));
         assert_eq!((rfc.gain, rfc.max_increase_per_rtt), (1.0, None));
@@ -708,7 +732,7 @@ mod tests {
     /// Covers: I52, I53, I55
     #[test]
     fn scripted_trace_grows_below_target_shrinks_above_and_holds_at_target() {
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         assert_eq!(sim.cc.window(), 2 * MSS);
 
         // Well below the target: slow start doubles the window every round trip.
@@ -755,7 +779,7 @@ mod tests {
     /// Covers: I50
     #[test]
     fn slow_start_exits_above_nine_tenths_of_target() {
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         for _ in 0..4 {
             sim.round(Duration::from_millis(89));
             assert!(sim.cc.in_slow_start(), "89 ms is below 0.9 × 100 ms");
@@ -774,14 +798,14 @@ mod tests {
         assert!(!sim.cc.in_slow_start());
 
         // The first loss ends it too.
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         sim.round(Duration::ZERO);
         assert!(sim.cc.in_slow_start());
         sim.cc.on_loss(sim.now, RTT, MSS);
         assert!(!sim.cc.in_slow_start());
 
         // And a disabled slow start never starts.
-        let mut sim = Sim::new(no_slow_start(LedbatConfig::default()), MSS);
+        let mut sim = Sim::new(no_slow_start(LedbatConfig::rfc6817()), MSS);
         assert!(!sim.cc.in_slow_start());
         let before = sim.cc.window();
         assert!(sim.round(Duration::ZERO) < 2 * before);
@@ -792,7 +816,7 @@ mod tests {
     fn loss_halves_at_most_once_per_rtt_and_never_below_min_window() {
         let config = LedbatConfig {
             init_window_packets: 64,
-            ..LedbatConfig::default()
+            ..LedbatConfig::rfc6817()
         };
         let mut cc = Ledbat::new(config, Instant::ZERO, MSS);
         let mut now = Instant::from_millis(10_000);
@@ -829,7 +853,7 @@ mod tests {
         let config = LedbatConfig {
             init_window_packets: 20,
             slow_start: false,
-            ..LedbatConfig::default()
+            ..LedbatConfig::rfc6817()
         };
         // 20 packets, 1 ms of queue in a 50 ms RTT: 0.4 packets of ours queued.
         let mut sim = Sim::new(config.clone(), MSS);
@@ -892,7 +916,7 @@ mod tests {
     /// Covers: G46, X5
     #[test]
     fn timeout_sets_window_to_one_mss() {
-        let mut sim = Sim::new(LedbatConfig::default(), 1400);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), 1400);
         for _ in 0..4 {
             sim.round(Duration::ZERO);
         }
@@ -916,7 +940,7 @@ mod tests {
             "window {w}: about half of {before} plus linear growth"
         );
         // A timeout repeated before any ACK keeps ssthresh (RFC 5681).
-        let mut cc = Ledbat::new(LedbatConfig::default(), Instant::ZERO, 1400);
+        let mut cc = Ledbat::new(LedbatConfig::rfc6817(), Instant::ZERO, 1400);
         cc.cwnd = 40.0 * 1400.0;
         cc.on_timeout(Instant::from_millis(1), 1400);
         cc.on_timeout(Instant::from_millis(2000), 1400);
@@ -930,7 +954,7 @@ mod tests {
     /// Covers: I51
     #[test]
     fn lower_base_delay_takes_effect_at_once() {
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         assert_eq!(sim.cc.base_delay(), Some(BASE));
         sim.now += RTT;
         sim.ack(MSS, 2 * MSS, Some(BASE - 5_000), RTT);
@@ -952,12 +976,12 @@ mod tests {
     #[test]
     fn higher_base_delay_only_after_history_elapses() {
         for (config, minutes) in [
-            (LedbatConfig::default(), 10u64),
+            (LedbatConfig::rfc6817(), 10u64),
             (LedbatConfig::libutp(), 13),
             (
                 LedbatConfig {
                     base_history: 3,
-                    ..LedbatConfig::default()
+                    ..LedbatConfig::rfc6817()
                 },
                 3,
             ),
@@ -994,7 +1018,7 @@ mod tests {
     /// Covers: I52
     #[test]
     fn queuing_delay_is_computed_across_the_timestamp_wrap() {
-        let mut sim = Sim::unprimed(LedbatConfig::default(), MSS);
+        let mut sim = Sim::unprimed(LedbatConfig::rfc6817(), MSS);
         sim.ack(0, 0, Some(0xFFFF_FF00), RTT);
         sim.now += RTT * 2; // the first samples leave the current-delay filter
         sim.ack(MSS, 2 * MSS, Some(0x0000_0100), RTT);
@@ -1002,7 +1026,7 @@ mod tests {
         assert_eq!(sim.cc.queuing_delay(), Some(Duration::from_micros(512)));
 
         // The other way round: a sample just below the wrap is lower than one above it.
-        let mut sim = Sim::unprimed(LedbatConfig::default(), MSS);
+        let mut sim = Sim::unprimed(LedbatConfig::rfc6817(), MSS);
         sim.ack(0, 0, Some(0x0000_0100), RTT);
         sim.now += RTT * 2;
         sim.ack(MSS, 2 * MSS, Some(0xFFFF_FF00), RTT);
@@ -1016,7 +1040,7 @@ mod tests {
     /// Covers: I52
     #[test]
     fn current_delay_is_min_of_recent_samples() {
-        let mut sim = Sim::new(no_slow_start(LedbatConfig::default()), MSS);
+        let mut sim = Sim::new(no_slow_start(LedbatConfig::rfc6817()), MSS);
         // One outlier does not register while lower samples remain in the filter.
         sim.now += Duration::from_millis(1);
         sim.ack(MSS, 2 * MSS, Some(BASE + 20_000), Duration::from_secs(1));
@@ -1038,7 +1062,7 @@ mod tests {
     /// Covers: I52, L8
     #[test]
     fn queuing_delay_never_exceeds_the_rtt() {
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         sim.now += RTT * 2;
         sim.ack(
             MSS,
@@ -1052,7 +1076,7 @@ mod tests {
     /// Covers: L8, X13
     #[test]
     fn absurd_sample_restarts_history_instead_of_wedging() {
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         for _ in 0..3 {
             sim.round(Duration::ZERO);
         }
@@ -1073,7 +1097,7 @@ mod tests {
         assert!(sim.round(Duration::ZERO) > before, "still growing");
 
         // Within the threshold a sample is an ordinary (if large) queuing delay.
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         sim.now += RTT * 2;
         sim.ack(
             MSS,
@@ -1095,7 +1119,7 @@ mod tests {
 
     #[test]
     fn no_delay_sample_means_only_slow_start_growth() {
-        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let mut sim = Sim::new(LedbatConfig::rfc6817(), MSS);
         let before = sim.cc.window();
         sim.now += RTT;
         sim.ack(MSS, before, None, RTT);
@@ -1105,7 +1129,7 @@ mod tests {
             "slow start grows without samples"
         );
 
-        let mut sim = Sim::new(no_slow_start(LedbatConfig::default()), MSS);
+        let mut sim = Sim::new(no_slow_start(LedbatConfig::rfc6817()), MSS);
         for _ in 0..3 {
             sim.round(Duration::ZERO);
         }
@@ -1121,8 +1145,8 @@ mod tests {
     #[test]
     fn allowed_increase_stops_growth_of_application_limited_flow() {
         for config in [
-            LedbatConfig::default(),
-            no_slow_start(LedbatConfig::default()),
+            LedbatConfig::rfc6817(),
+            no_slow_start(LedbatConfig::rfc6817()),
             LedbatConfig::libutp(),
         ] {
             let mut sim = Sim::new(config.clone(), MSS);
@@ -1190,7 +1214,7 @@ mod tests {
     fn window_stays_within_max_window() {
         let config = LedbatConfig {
             max_window: 10 * MSS,
-            ..LedbatConfig::default()
+            ..LedbatConfig::rfc6817()
         };
         let mut sim = Sim::new(config, MSS);
         for _ in 0..50 {
