@@ -56,9 +56,15 @@ use crate::time::{duration_micros, Instant};
 /// [`LedbatConfig::libtorrent`] reproduce those implementations' choices. Change
 /// individual fields on one of these to tune:
 ///
-/// ```ignore
+/// ```
+/// use std::time::Duration;
+/// use utp::proto::congestion::{CongestionConfig, LedbatConfig};
+///
 /// let mut cfg = LedbatConfig::libutp();
 /// cfg.target = Duration::from_millis(50);
+/// let mut config = utp::Config::default();
+/// config.congestion = CongestionConfig::Ledbat(cfg);
+/// assert!(config.validate().is_ok());
 /// ```
 ///
 /// # Slow start
