@@ -27,13 +27,6 @@ use crate::time::Instant;
 const RECV_BATCH: usize = 64;
 /// Datagrams produced per wake-up before input gets its turn.
 const SEND_BATCH: usize = 128;
-/// Datagrams received (and sent) between two explicit yields to the runtime. While the
-/// socket stays ready the loop never has to wait, and tokio's own cooperative budget
-/// lets it run for about 128 socket operations, which on loopback is megabytes: the
-/// tasks reading the streams (often on the same thread) would see their data in bursts
-/// with gaps of 10-20 ms between them. Yielding this often keeps each stream's
-/// deliveries smooth for a small cost.
-const YIELD_EVERY: usize = 256;
 /// Receive buffers: one receive call fills up to this many (`recvmmsg`).
 const RECV_BUFFERS: usize = 16;
 /// Bytes per receive buffer: the largest datagram we accept, and more than a GRO train
@@ -219,12 +212,7 @@ pub(crate) async fn drive<S: DatagramSocket>(shared: Arc<Shared>, socket: S) {
         .map(IoSliceMut::new)
         .collect();
     let mut meta = vec![RecvMeta::default(); RECV_BUFFERS];
-    let mut since_yield = 0usize;
     loop {
-        if since_yield >= YIELD_EVERY {
-            since_yield = 0;
-            tokio::task::yield_now().await;
-        }
         // Timers, output and events, under one short lock; the clock is read once.
         let mut blocked = false;
         let deadline = {
@@ -302,7 +290,6 @@ pub(crate) async fn drive<S: DatagramSocket>(shared: Arc<Shared>, socket: S) {
                         Err(_) => break,
                     }
                 }
-                since_yield += received;
             }
             _ = shared.notify.notified() => {}
             _ = sleep => {}
