@@ -27,6 +27,19 @@ pub struct FlowSample {
     pub finished: Option<Instant>,
 }
 
+impl FlowSample {
+    /// What a receiving application knows of flow `flow`: bytes delivered so far and
+    /// when the transfer completed.
+    pub fn receiver(flow: usize, delivered: u64, finished: Option<Instant>) -> FlowSample {
+        FlowSample {
+            flow,
+            delivered: Some(delivered),
+            finished,
+            ..FlowSample::default()
+        }
+    }
+}
+
 /// One flow at one sampling instant, after merging.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowPoint {

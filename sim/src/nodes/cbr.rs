@@ -102,11 +102,7 @@ impl Node for CbrNode {
 
     fn report(&self, _now: Instant, out: &mut Vec<FlowSample>) {
         if let Some(flow) = self.sink_flow {
-            out.push(FlowSample {
-                flow,
-                delivered: Some(self.received),
-                ..FlowSample::default()
-            });
+            out.push(FlowSample::receiver(flow, self.received, None));
         }
     }
 }

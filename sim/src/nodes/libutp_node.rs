@@ -266,15 +266,10 @@ impl Node for LibutpNode {
 
     fn poll_timeout(&mut self) -> Option<Instant> {
         let tick = self.peer.poll_timeout(self.now);
-        let app = self.sender.as_ref().and_then(|s| {
-            if s.socket.is_none() {
-                Some(s.spec.start)
-            } else if !s.shut {
-                s.spec.stop
-            } else {
-                None
-            }
-        });
+        let app = self
+            .sender
+            .as_ref()
+            .and_then(|s| s.spec.wake_at(s.socket.is_some(), s.shut));
         [Some(tick), app].into_iter().flatten().min()
     }
 
@@ -315,12 +310,7 @@ impl Node for LibutpNode {
             });
         }
         if let Some(r) = &self.receiver {
-            out.push(FlowSample {
-                flow: r.flow,
-                delivered: Some(r.delivered),
-                finished: r.finished,
-                ..FlowSample::default()
-            });
+            out.push(FlowSample::receiver(r.flow, r.delivered, r.finished));
         }
     }
 

@@ -843,11 +843,7 @@ impl Node for TcpNode {
             });
         }
         if let Some(r) = &self.receiver {
-            out.push(FlowSample {
-                flow: r.flow,
-                delivered: Some(r.rcv_nxt),
-                ..FlowSample::default()
-            });
+            out.push(FlowSample::receiver(r.flow, r.rcv_nxt, None));
         }
     }
 }

@@ -24,6 +24,20 @@ pub struct UtpSendSpec {
     pub stop: Option<Instant>,
 }
 
+impl UtpSendSpec {
+    /// When the sending application next has something to do: connect at `start`,
+    /// then close at `stop`; nothing once it has shut its stream down.
+    pub(crate) fn wake_at(&self, opened: bool, shut: bool) -> Option<Instant> {
+        if !opened {
+            Some(self.start)
+        } else if !shut {
+            self.stop
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Sender {
     spec: UtpSendSpec,
@@ -192,15 +206,10 @@ impl Node for UtpNode {
 
     fn poll_timeout(&mut self) -> Option<Instant> {
         let ep = self.ep.poll_timeout();
-        let app = self.sender.as_ref().and_then(|s| {
-            if s.handle.is_none() {
-                Some(s.spec.start)
-            } else if !s.shut {
-                s.spec.stop
-            } else {
-                None
-            }
-        });
+        let app = self
+            .sender
+            .as_ref()
+            .and_then(|s| s.spec.wake_at(s.handle.is_some(), s.shut));
         [ep, app].into_iter().flatten().min()
     }
 
@@ -234,12 +243,7 @@ impl Node for UtpNode {
             });
         }
         if let Some(r) = &self.receiver {
-            out.push(FlowSample {
-                flow: r.flow,
-                delivered: Some(r.delivered),
-                finished: r.finished,
-                ..FlowSample::default()
-            });
+            out.push(FlowSample::receiver(r.flow, r.delivered, r.finished));
         }
     }
 
