@@ -82,6 +82,53 @@ pub enum LossModel {
 }
 
 impl LossModel {
+    /// Checks that every probability lies in [0, 1]; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let prob = |name: &str, p: f64| {
+            if (0.0..=1.0).contains(&p) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "loss.{name} must be a probability between 0 and 1, got {p}"
+                ))
+            }
+        };
+        match *self {
+            LossModel::Bernoulli { p } => prob("p", p),
+            LossModel::GilbertElliott {
+                p_good_to_bad,
+                p_bad_to_good,
+                loss_good,
+                loss_bad,
+            } => {
+                prob("p_good_to_bad", p_good_to_bad)?;
+                prob("p_bad_to_good", p_bad_to_good)?;
+                prob("loss_good", loss_good)?;
+                prob("loss_bad", loss_bad)
+            }
+        }
+    }
+
+    /// Draws whether the next packet is lost; `bad` is the Gilbert-Elliott state the
+    /// caller keeps (unused by the Bernoulli model).
+    pub fn draw(&self, bad: &mut bool, rng: &mut SimRng) -> bool {
+        match *self {
+            LossModel::Bernoulli { p } => rng.chance(p),
+            LossModel::GilbertElliott {
+                p_good_to_bad,
+                p_bad_to_good,
+                loss_good,
+                loss_bad,
+            } => {
+                let flip = if *bad { p_bad_to_good } else { p_good_to_bad };
+                if rng.chance(flip) {
+                    *bad = !*bad;
+                }
+                rng.chance(if *bad { loss_bad } else { loss_good })
+            }
+        }
+    }
+
     /// The long-run loss rate of the model.
     pub fn mean(&self) -> f64 {
         match *self {
@@ -176,20 +223,7 @@ impl LinkConfig {
         };
         prob("duplicate", self.duplicate)?;
         prob("reorder", self.reorder)?;
-        match self.loss {
-            LossModel::Bernoulli { p } => prob("loss.p", p)?,
-            LossModel::GilbertElliott {
-                p_good_to_bad,
-                p_bad_to_good,
-                loss_good,
-                loss_bad,
-            } => {
-                prob("loss.p_good_to_bad", p_good_to_bad)?;
-                prob("loss.p_bad_to_good", p_bad_to_good)?;
-                prob("loss.loss_good", loss_good)?;
-                prob("loss.loss_bad", loss_bad)?;
-            }
-        }
+        self.loss.validate()?;
         if let Aqm::Red {
             min_bytes,
             max_bytes,
@@ -366,26 +400,7 @@ impl Link {
     }
 
     fn random_loss(&mut self) -> bool {
-        match self.config.loss {
-            LossModel::Bernoulli { p } => self.rng.chance(p),
-            LossModel::GilbertElliott {
-                p_good_to_bad,
-                p_bad_to_good,
-                loss_good,
-                loss_bad,
-            } => {
-                let flip = if self.ge_bad {
-                    p_bad_to_good
-                } else {
-                    p_good_to_bad
-                };
-                if self.rng.chance(flip) {
-                    self.ge_bad = !self.ge_bad;
-                }
-                self.rng
-                    .chance(if self.ge_bad { loss_bad } else { loss_good })
-            }
-        }
+        self.config.loss.draw(&mut self.ge_bad, &mut self.rng)
     }
 
     fn drop(&mut self, why: Drop) -> Offer {

@@ -158,20 +158,7 @@ impl Direction {
                 Err(format!("{name} must be in [0, 1], got {p}"))
             }
         };
-        match self.loss {
-            LossModel::Bernoulli { p } => prob("loss", p)?,
-            LossModel::GilbertElliott {
-                p_good_to_bad,
-                p_bad_to_good,
-                loss_good,
-                loss_bad,
-            } => {
-                prob("p_good_to_bad", p_good_to_bad)?;
-                prob("p_bad_to_good", p_bad_to_good)?;
-                prob("loss_good", loss_good)?;
-                prob("loss_bad", loss_bad)?;
-            }
-        }
+        self.loss.validate()?;
         prob("duplicate", self.duplicate)?;
         prob("reorder", self.reorder)
     }
@@ -488,26 +475,6 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s)
 }
 
-/// Draws whether the loss model drops the next datagram; `bad` is the Gilbert-Elliott
-/// state of this direction.
-fn lost(loss: LossModel, bad: &mut bool, rng: &mut SimRng) -> bool {
-    match loss {
-        LossModel::Bernoulli { p } => rng.chance(p),
-        LossModel::GilbertElliott {
-            p_good_to_bad,
-            p_bad_to_good,
-            loss_good,
-            loss_bad,
-        } => {
-            let flip = if *bad { p_bad_to_good } else { p_good_to_bad };
-            if rng.chance(flip) {
-                *bad = !*bad;
-            }
-            rng.chance(if *bad { loss_bad } else { loss_good })
-        }
-    }
-}
-
 fn receive_loop(s: &Shared, dir: Dir, mut rng: SimRng) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut ge_bad = false;
@@ -540,7 +507,7 @@ fn receive_loop(s: &Shared, dir: Dir, mut rng: SimRng) {
             };
             (d, imp.queue_limit)
         };
-        if lost(d.loss, &mut ge_bad, &mut rng) {
+        if d.loss.draw(&mut ge_bad, &mut rng) {
             bump(&c.dropped, 1);
             continue;
         }
