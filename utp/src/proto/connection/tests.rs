@@ -137,6 +137,15 @@ impl Script {
         }
     }
 
+    /// The handle of the first incoming connection reported.
+    fn incoming(&self) -> ConnectionHandle {
+        self.events
+            .iter()
+            .find(|(_, e)| *e == Event::Incoming)
+            .expect("incoming")
+            .0
+    }
+
     fn conn(&self, h: ConnectionHandle) -> &Connection {
         self.ep.connection(h).expect("connection exists")
     }
@@ -172,13 +181,7 @@ fn connected_acceptor(s: &mut Script, id: u16, peer_seq: u16, isn: u16) -> Conne
         isn.wrapping_sub(1),
     );
     s.recv(st, &[], &[]);
-    let h = s
-        .events
-        .iter()
-        .find(|(_, e)| *e == Event::Incoming)
-        .expect("incoming")
-        .0;
-    h
+    s.incoming()
 }
 
 // ===== SYN sent ==================================================================
@@ -338,12 +341,7 @@ fn syn_received_answers_once_and_waits_for_proof() {
     // D30: the first DATA acking seq_nr - 1 completes the handshake.
     let data = s.header(PacketType::Data, 0x0101, 778, 39_999);
     s.recv(data, &[], b"first");
-    let h = s
-        .events
-        .iter()
-        .find(|(_, e)| *e == Event::Incoming)
-        .expect("incoming")
-        .0;
+    let h = s.incoming();
     assert_eq!(s.conn(h).state(), State::Connected);
     assert_eq!(s.ep.half_open_count(), 0);
     let mut buf = [0u8; 16];
@@ -1203,12 +1201,7 @@ fn bep29_text_syn_ack_numbering_both_roles() {
     // The initiator (BEP text) acknowledges 500 with its first DATA.
     let d = s.header(PacketType::Data, 8, 41, 500);
     s.recv(d, &[], b"hi");
-    let h = s
-        .events
-        .iter()
-        .find(|(_, e)| *e == Event::Incoming)
-        .expect("incoming")
-        .0;
+    let h = s.incoming();
     let now = s.now;
     s.ep.write(now, h, b"reply").unwrap();
     let out = s.sent();
@@ -1223,12 +1216,7 @@ fn bep29_text_syn_ack_numbering_both_roles() {
     assert_eq!(s.sent()[0].h.seq_nr, SeqNr(500));
     let d = s.header(PacketType::Data, 8, 41, 499);
     s.recv(d, &[], b"hi");
-    let h = s
-        .events
-        .iter()
-        .find(|(_, e)| *e == Event::Incoming)
-        .expect("incoming")
-        .0;
+    let h = s.incoming();
     let now = s.now;
     s.ep.write(now, h, b"reply").unwrap();
     let out = s.sent();
