@@ -263,13 +263,13 @@ fn libutp_ending(st: &ConnStatus) -> String {
 /// Waits (bounded) until our socket holds no connection, lingering ones included, so
 /// that the last packets are on the wire before the process ends.
 async fn ours_idle(ours: &UtpSocket) -> String {
-    for _ in 0..100 {
+    for _ in 0..400 {
         if ours.connection_count() == 0 {
             return "gone".into();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    format!("{} still lingering after 5 s", ours.connection_count())
+    format!("{} still lingering after 20 s", ours.connection_count())
 }
 
 async fn run(mode: Mode, lossy: bool, bytes: usize) -> Result<String, String> {

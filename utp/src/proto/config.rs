@@ -52,7 +52,9 @@ pub struct Config {
     /// Default 60 s.
     pub idle_timeout: Duration,
     /// How long a closed connection lingers to acknowledge a retransmitted FIN, in
-    /// multiples of its current retransmission timeout, at least 1 s. Default 2.
+    /// multiples of its current retransmission timeout, at least 8 s; every resend
+    /// from the peer that arrives meanwhile doubles the stay (at most `max_timeout`),
+    /// as the peer's own timer backs off. Default 2.
     pub linger_rtos: u32,
     /// Largest span of out-of-order packets accepted beyond the next expected one;
     /// also bounds the selective-ACK bitmask (span / 8 bytes). Default 1024.
@@ -86,6 +88,12 @@ pub struct Config {
     /// sets `ack_nr = seq_nr`. The two do not interoperate as initiator and acceptor;
     /// only [`Config::bep29_text`] sets it.
     pub syn_ack_consumes_seq_nr: bool,
+    /// Where the seq_nr of a connection we open starts (checklist X2). `true`
+    /// (default), as libutp, libtorrent and every deployed stack do: at a random value,
+    /// so that an off-path attacker cannot guess the sequence window. `false`, as the
+    /// BEP 29 text says: at 1 (the acceptor's is random either way). Any peer start is
+    /// accepted whatever this says; only [`Config::bep29_text`] sets it to `false`.
+    pub random_initial_seq_nr: bool,
     /// Tail loss probe (RFC 8985 section 7): when no ACK arrives for two smoothed RTTs
     /// plus `delayed_ack` with data in flight, resend the newest packet once, so that
     /// a loss at the end of a burst is repaired by fast retransmit rather than by the
@@ -120,6 +128,7 @@ impl Default for Config {
             reset_limit: 1000,
             reset_interval: Duration::from_secs(10),
             syn_ack_consumes_seq_nr: false,
+            random_initial_seq_nr: true,
             tail_loss_probe: true,
         }
     }
@@ -174,6 +183,7 @@ impl Config {
         ledbat.random_loss_backlog_packets = 0.0;
         Config {
             syn_ack_consumes_seq_nr: true,
+            random_initial_seq_nr: false,
             tail_loss_probe: false,
             keepalive_interval: None,
             min_timeout: Duration::from_millis(500),

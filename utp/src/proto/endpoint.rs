@@ -228,7 +228,11 @@ impl Endpoint {
             }
         }
         let recv_id = ids.ok_or(ConnectError::NoConnectionId)?;
-        let isn = self.next_isn();
+        let isn = if self.config.random_initial_seq_nr {
+            self.next_isn()
+        } else {
+            SeqNr(1)
+        };
         let conn = Connection::connect(self.config.clone(), now, recv_id, isn);
         Ok(self.insert(remote, conn))
     }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Config, ConnectionHandle, Endpoint, Event, StreamError};
+use super::{Config, ConnectionError, ConnectionHandle, Endpoint, Event, StreamError};
 use crate::time::Instant;
 
 /// Which endpoint.
@@ -341,8 +341,15 @@ impl App {
     }
 }
 
+/// How each side's connection ended after [`transfer`]: `None` is a clean close.
+pub(crate) type CloseOutcome = (Option<ConnectionError>, Option<ConnectionError>);
+
 /// Runs a bidirectional transfer on an established pair until both sides have read
-/// EOF and both connections are closed, or `limit` passes (then panics).
+/// EOF and both connections are closed, or `limit` passes (then panics, as it does
+/// on a stream error before EOF). Returns how each side's connection ended: after
+/// both EOFs a side may still see its close end in an error, when every ACK of its
+/// last packets was lost and the peer stopped lingering (the two-generals residue);
+/// [`transfer_clean`] forbids that.
 pub(crate) fn transfer(
     p: &mut Pair,
     ha: ConnectionHandle,
@@ -350,19 +357,22 @@ pub(crate) fn transfer(
     app_a: &mut App,
     app_b: &mut App,
     limit: Duration,
-) {
+) -> CloseOutcome {
     let end = p.now + limit;
     loop {
         let now = p.now;
         app_a.pump(&mut p.a, now, ha);
         app_b.pump(&mut p.b, now, hb);
         let closed = |p: &Pair, side, h| {
-            p.events
-                .iter()
-                .any(|(s, hh, e)| *s == side && *hh == h && matches!(e, Event::Closed(_)))
+            p.events.iter().find_map(|(s, hh, e)| match e {
+                Event::Closed(err) if *s == side && *hh == h => Some(*err),
+                _ => None,
+            })
         };
-        if app_a.eof && app_b.eof && closed(p, Side::A, ha) && closed(p, Side::B, hb) {
-            return;
+        if app_a.eof && app_b.eof {
+            if let (Some(a), Some(b)) = (closed(p, Side::A, ha), closed(p, Side::B, hb)) {
+                return (a, b);
+            }
         }
         if app_a.error.is_some() || app_b.error.is_some() {
             panic!("stream error: a={:?} b={:?}", app_a.error, app_b.error);
@@ -384,4 +394,17 @@ pub(crate) fn transfer(
             );
         }
     }
+}
+
+/// [`transfer`], and both connections must close cleanly.
+pub(crate) fn transfer_clean(
+    p: &mut Pair,
+    ha: ConnectionHandle,
+    hb: ConnectionHandle,
+    app_a: &mut App,
+    app_b: &mut App,
+    limit: Duration,
+) {
+    let outcome = transfer(p, ha, hb, app_a, app_b, limit);
+    assert_eq!(outcome, (None, None), "both sides close cleanly");
 }

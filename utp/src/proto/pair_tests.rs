@@ -10,7 +10,7 @@ use core::time::Duration;
 use proptest::prelude::*;
 
 use super::congestion::CongestionConfig;
-use super::harness::{transfer, App, Impairment, Pair, Side};
+use super::harness::{transfer, transfer_clean, App, Impairment, Pair, Side};
 use super::{Config, Event};
 use crate::wire::SeqNr;
 
@@ -31,7 +31,7 @@ fn run_transfer(
     let (ha, hb) = p.establish();
     let mut app_a = App::new(pattern(a_len, 1), chunk_a);
     let mut app_b = App::new(pattern(b_len, 2), chunk_b);
-    transfer(p, ha, hb, &mut app_a, &mut app_b, limit);
+    transfer_clean(p, ha, hb, &mut app_a, &mut app_b, limit);
     assert!(
         app_b.received == app_a.to_send,
         "A→B: {} of {} bytes, content differs",
@@ -133,7 +133,7 @@ fn transfer_across_sequence_wrap_and_id_ffff() {
     let mut app_a = App::new(pattern(400_000, 5), 5000);
     let mut app_b = App::new(pattern(300_000, 6), 5000);
     p.a_to_b.loss = 0.02;
-    transfer(
+    transfer_clean(
         &mut p,
         ha,
         hb,
@@ -243,53 +243,170 @@ fn impairment() -> impl Strategy<Value = Impairment> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+/// One random schedule of [`random_schedules_deliver_exactly_once`].
+type Schedule = (
+    u64,
+    Impairment,
+    Impairment,
+    u64,
+    (usize, usize),
+    (usize, usize),
+    u16,
+    u16,
+    u16,
+    bool,
+);
 
-    /// Every byte arrives exactly once, in order, and both sides close cleanly,
-    /// whatever the network does.
-    #[test]
-    fn random_schedules_deliver_exactly_once(
-        seed in any::<u64>(),
-        a_to_b in impairment(),
-        b_to_a in impairment(),
-        latency_ms in 0u64..150,
-        a_len in 0usize..60_000,
-        b_len in 0usize..60_000,
-        chunk_a in 1usize..5000,
-        chunk_b in 1usize..5000,
-        isn_a in any::<u16>(),
-        isn_b in any::<u16>(),
-        id in any::<u16>(),
-        fixed_window in any::<bool>(),
-    ) {
-        let cfg = if fixed_window {
-            Config { congestion: CongestionConfig::Fixed(10_000), ..Config::default() }
-        } else {
-            Config::default()
-        };
-        let mut p = Pair::new(cfg.clone(), cfg, seed);
-        p.latency = Duration::from_millis(latency_ms);
-        p.a_to_b = a_to_b;
-        p.b_to_a = b_to_a;
-        p.b.isn_override = Some(isn_b);
-        let (now, b) = (p.now, p.b_addr);
-        let ha = p.a.connect_with(now, b, id, SeqNr(isn_a));
-        p.run_until(Duration::from_secs(120), "handshake", |p| {
-            p.find_event(Side::B, Event::Incoming).is_some()
-                || p.events.iter().any(|(_, _, e)| matches!(e, Event::Closed(Some(_))))
-        });
-        let Some(hb) = p.find_event(Side::B, Event::Incoming) else {
-            // The handshake may legitimately fail under heavy loss (SYN retries or
-            // the half-open limit ran out); that is reported, never a hang.
-            return Ok(());
-        };
-        let mut app_a = App::new(pattern(a_len, 1), chunk_a);
-        let mut app_b = App::new(pattern(b_len, 2), chunk_b);
-        transfer(&mut p, ha, hb, &mut app_a, &mut app_b, Duration::from_secs(3600));
-        prop_assert!(app_b.received == app_a.to_send);
-        prop_assert!(app_a.received == app_b.to_send);
+fn schedule() -> impl Strategy<Value = Schedule> {
+    (
+        any::<u64>(),
+        impairment(),
+        impairment(),
+        0u64..150,
+        (0usize..60_000, 0usize..60_000),
+        (1usize..5000, 1usize..5000),
+        any::<u16>(),
+        any::<u16>(),
+        any::<u16>(),
+        any::<bool>(),
+    )
+}
+
+/// Runs one schedule: the handshake must complete, every byte must arrive exactly
+/// once and in order both ways; returns how the connections closed.
+fn run_schedule(s: &Schedule) -> Result<super::harness::CloseOutcome, TestCaseError> {
+    let &(
+        seed,
+        ref a_to_b,
+        ref b_to_a,
+        latency_ms,
+        (a_len, b_len),
+        (chunk_a, chunk_b),
+        isn_a,
+        isn_b,
+        id,
+        fixed_window,
+    ) = s;
+    // Enough SYN retries and half-open time that the handshake itself cannot fail
+    // here (with 15 % loss each way the chance is below 1e-9 per case): its failure
+    // paths have their own tests.
+    let base = Config {
+        syn_retries: 12,
+        handshake_timeout: Duration::from_secs(600),
+        ..Config::default()
+    };
+    let cfg = if fixed_window {
+        Config {
+            congestion: CongestionConfig::Fixed(10_000),
+            ..base
+        }
+    } else {
+        base
+    };
+    let mut p = Pair::new(cfg.clone(), cfg, seed);
+    p.latency = Duration::from_millis(latency_ms);
+    p.a_to_b = a_to_b.clone();
+    p.b_to_a = b_to_a.clone();
+    p.b.isn_override = Some(isn_b);
+    let (now, b) = (p.now, p.b_addr);
+    let ha = p.a.connect_with(now, b, id, SeqNr(isn_a));
+    // The initiator's application starts at once, as a real one would: its first data
+    // (or its FIN, when it has nothing to say) is what proves to the acceptor that the
+    // handshake completed (X10), and it is retransmitted until acknowledged.
+    let mut app_a = App::new(pattern(a_len, 1), chunk_a);
+    let mut app_b = App::new(pattern(b_len, 2), chunk_b);
+    let deadline = p.now + Duration::from_secs(3600);
+    let hb = loop {
+        if let Some(hb) = p.find_event(Side::B, Event::Incoming) {
+            break hb;
+        }
+        let failed = p
+            .events
+            .iter()
+            .any(|(_, _, e)| matches!(e, Event::Closed(Some(_))));
+        prop_assert!(
+            !failed && p.now < deadline,
+            "handshake failed: {:?}",
+            p.events
+        );
+        let now = p.now;
+        app_a.pump(&mut p.a, now, ha);
+        prop_assert!(
+            p.step(),
+            "nothing left to do before the handshake completed"
+        );
+    };
+    let outcome = transfer(
+        &mut p,
+        ha,
+        hb,
+        &mut app_a,
+        &mut app_b,
+        Duration::from_secs(3600),
+    );
+    prop_assert!(app_b.received == app_a.to_send, "A→B data differs");
+    prop_assert!(app_a.received == app_b.to_send, "B→A data differs");
+    Ok(outcome)
+}
+
+/// Every byte arrives exactly once, in order, whatever the network does (loss,
+/// duplication, reordering and delay in both directions, random write sizes, random
+/// initial seq_nr and connection ids across their whole range, both congestion
+/// controllers), and the connections close cleanly.
+///
+/// A clean close on both sides cannot be promised under loss (the last ACK of a close
+/// may be lost every time it is resent, until the peer stops lingering): that residue
+/// is counted and must stay within 0.1 % of the schedules (about one in 10 000 is seen); anything else that is not a
+/// clean close fails the case. The schedules are drawn from a fixed seed so that CI is
+/// reproducible; `UTP_PROPTEST_SEED=<u64>` explores others and `PROPTEST_CASES` sets
+/// how many (default 8192).
+#[test]
+fn random_schedules_deliver_exactly_once() {
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let seed: u64 = std::env::var("UTP_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    let cases: u32 = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8192);
+    eprintln!("random_schedules_deliver_exactly_once: seed {seed}, {cases} cases");
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
+    let residues = std::cell::Cell::new(0u32);
+    let result = runner.run(&schedule(), |s| {
+        match run_schedule(&s)? {
+            (None, None) => {}
+            // One side's close ended in an error after all data arrived both ways:
+            // allowed only when the other side closed cleanly (it got everything and
+            // stopped lingering before our resend got through).
+            (Some(_), None) | (None, Some(_)) => residues.set(residues.get() + 1),
+            both => prop_assert!(false, "neither side closed cleanly: {both:?}"),
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    let residues = residues.get();
+    eprintln!("{residues} of {cases} closes ended in an error after all data arrived");
+    assert!(
+        residues * 1000 <= cases,
+        "{residues} of {cases} closes were not clean"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
     /// No sequence of datagrams makes an endpoint panic, including crafted packets that
     /// reach a live connection (valid version, its connection id, arbitrary fields,
@@ -353,7 +470,7 @@ fn fin_seen_in_selective_ack_is_not_a_close() {
     let hb = p.find_event(Side::B, Event::Incoming).unwrap();
     let mut app_a = App::new(pattern(5521, 1), 1);
     let mut app_b = App::new(pattern(10001, 2), 1);
-    transfer(
+    transfer_clean(
         &mut p,
         ha,
         hb,
@@ -363,4 +480,117 @@ fn fin_seen_in_selective_ack_is_not_a_close() {
     );
     assert!(app_a.received == app_b.to_send);
     assert!(app_b.received == app_a.to_send);
+}
+
+/// Found by `random_schedules_deliver_exactly_once`: a peer whose last ACKs from us
+/// were lost resends its FIN (or its last data) with a backed-off timeout; each resend
+/// that reaches our lingering connection must extend the linger (doubling, as the
+/// peer's timer doubles) so that one more lost ACK does not turn its clean close into
+/// a RESET.
+/// Covers: C21
+#[test]
+fn linger_restarts_when_the_peer_resends_its_fin() {
+    let mut p = Pair::default_pair(11);
+    p.record = true;
+    let (ha, hb) = p.establish();
+    let mut app_a = App::new(pattern(20_000, 1), 5000);
+    let mut app_b = App::new(pattern(20_000, 2), 5000);
+    transfer_clean(
+        &mut p,
+        ha,
+        hb,
+        &mut app_a,
+        &mut app_b,
+        Duration::from_secs(60),
+    );
+    let fin_of = |p: &Pair, side: Side| {
+        p.trace
+            .iter()
+            .rev()
+            .find(|(_, s, d)| {
+                *s == side
+                    && crate::wire::Packet::decode(d)
+                        .is_ok_and(|pk| pk.header.ty == crate::wire::PacketType::Fin)
+            })
+            .map(|(_, _, d)| d.clone())
+            .expect("a FIN was sent")
+    };
+    let fin_b = fin_of(&p, Side::B);
+    let closed_at = p.now;
+    let b_addr = p.b_addr;
+    let mut buf = [0u8; 2048];
+    // Resent FINs at +7 s and +7 + 15 s: each is answered, and the connection is
+    // still there to answer the next.
+    for at in [7u64, 22] {
+        let now = closed_at + Duration::from_secs(at);
+        p.a.handle_timeout(now);
+        assert_eq!(p.a.connection_count(), 1, "still lingering at +{at} s");
+        p.a.handle_datagram(now, b_addr, &fin_b);
+        let ack =
+            p.a.poll_transmit(now, &mut buf)
+                .expect("the resent FIN is acked");
+        let pk = crate::wire::Packet::decode(&buf[..ack.len]).expect("valid");
+        assert_eq!(pk.header.ty, crate::wire::PacketType::State);
+    }
+    // With no further resend the linger ends (32 s after the last one at most).
+    p.a.handle_timeout(closed_at + Duration::from_secs(22 + 33));
+    assert_eq!(p.a.connection_count(), 0, "released after the last linger");
+}
+
+/// D31, L4: `connect` picks ids that no connection with that peer uses, whichever side
+/// opened it: with 400 connections each way between two endpoints, every id of every
+/// connection at one endpoint is distinct (a shared id would route one connection's
+/// packets into another), and each connection's ids are consecutive mod 2^16.
+/// Covers: D31, L4
+#[test]
+fn connect_avoids_ids_in_use_with_the_same_peer() {
+    let cfg = Config {
+        max_connections: 2000,
+        max_half_open: 1000,
+        ..Config::default()
+    };
+    let mut p = Pair::new(cfg.clone(), cfg, 12);
+    let mut ours = Vec::new();
+    for _ in 0..400 {
+        ours.push(p.connect());
+    }
+    p.run_until(Duration::from_secs(10), "400 handshakes", |p| {
+        p.events
+            .iter()
+            .filter(|(s, _, e)| *s == Side::B && *e == Event::Incoming)
+            .count()
+            == 400
+    });
+    let (now, a) = (p.now, p.a_addr);
+    let mut theirs = Vec::new();
+    for _ in 0..400 {
+        theirs.push(p.b.connect(now, a).expect("ids are free"));
+    }
+    p.run_until(Duration::from_secs(10), "400 more", |p| {
+        p.events
+            .iter()
+            .filter(|(s, _, e)| *s == Side::A && *e == Event::Incoming)
+            .count()
+            == 400
+    });
+    for (ep, side) in [(&p.a, Side::A), (&p.b, Side::B)] {
+        let handles: Vec<_> = p
+            .events
+            .iter()
+            .filter(|(s, _, e)| *s == side && matches!(e, Event::Incoming | Event::Connected))
+            .map(|(_, h, _)| *h)
+            .collect();
+        assert_eq!(handles.len(), 800);
+        let mut ids = std::collections::HashSet::new();
+        for h in handles {
+            let c = ep.connection(h).expect("live");
+            let (r, s) = (c.recv_id(), c.send_id());
+            assert!(
+                s == r.wrapping_add(1) || r == s.wrapping_add(1),
+                "ids {r:#x}/{s:#x} are consecutive"
+            );
+            assert!(ids.insert(r), "{side:?}: recv id {r:#x} used twice");
+            assert!(ids.insert(s), "{side:?}: send id {s:#x} used twice");
+        }
+    }
 }

@@ -202,6 +202,12 @@ pub struct Connection {
     recv: RecvBuffer,
     peer_finished: bool,
     app_closed: bool,
+    /// How long the current linger lasts; doubles with every FIN the peer resends,
+    /// as its retransmission timer backs off.
+    linger_period: Duration,
+    /// How many times a resend from the peer extended the linger (bounded by
+    /// `max_retransmits`, so a peer cannot hold a closed connection forever).
+    linger_extensions: u32,
     /// A tail loss probe is due (its timer fired with data in flight).
     tail_probe_due: bool,
     /// A tail loss probe went out and no ACK made progress since.
@@ -321,6 +327,8 @@ impl Connection {
                 usize::from(config.max_reorder_packets),
             ),
             peer_finished: false,
+            linger_period: Duration::ZERO,
+            linger_extensions: 0,
             app_closed: false,
             tail_probe_due: false,
             tail_probe_sent: false,
@@ -567,6 +575,17 @@ impl Connection {
                     // acknowledge again a FIN whose ACK the peer missed (libutp bug L5).
                     if !self.peer_finished {
                         self.handle_data(now, pkt);
+                    } else if self.linger_extensions < self.config.max_retransmits {
+                        // The peer missed our last ACK and resent its data or FIN after
+                        // a backed-off timeout: stay for its next resend too (TCP's
+                        // TIME_WAIT restarts the same way), or one more lost ACK turns
+                        // its clean close into a RESET.
+                        self.linger_period = self
+                            .linger_period
+                            .saturating_mul(2)
+                            .min(self.config.max_timeout.max(Duration::from_secs(8)));
+                        self.timers.set(Timer::Linger, now + self.linger_period);
+                        self.linger_extensions += 1;
                     }
                     self.ack_due = true;
                 }
@@ -1446,14 +1465,16 @@ impl Connection {
             self.state = State::Linger;
             self.events.push_back(Event::Closed(None));
             self.timers.stop_all();
-            // At least 4 s: libutp resends a FIN only after its 1 s minimum RTO, on a 500 ms
-            // tick, and backs off; a shorter linger answers its resent FIN with a RESET.
-            let linger = self
+            // At least 8 s: a peer whose last ACK from us was lost resends after its
+            // RTO (libutp: at least 1 s, on a 500 ms tick) and backs off, at +1, +3 and
+            // +7 s; 8 s waits through three lost resends, and each resend that does
+            // arrive doubles the stay (above).
+            self.linger_period = self
                 .rtt
                 .rto()
                 .saturating_mul(self.config.linger_rtos)
-                .max(Duration::from_secs(4));
-            self.timers.set(Timer::Linger, now + linger);
+                .max(Duration::from_secs(8));
+            self.timers.set(Timer::Linger, now + self.linger_period);
         }
     }
 

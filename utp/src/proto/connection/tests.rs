@@ -216,6 +216,15 @@ fn syn_sent_uses_recv_id_and_random_isn() {
         "L13: no global state"
     );
     let _ = h2;
+    // X2, BEP 29 text: with `random_initial_seq_nr` off (the `bep29_text` profile) the
+    // initiator starts at 1, every time.
+    for seed in [1u8, 2, 3] {
+        let mut text = Endpoint::new(Config::bep29_text(), [seed; 32]).unwrap();
+        text.connect(now, peer).unwrap();
+        let t = text.poll_transmit(now, &mut buf).unwrap();
+        let syn = Packet::decode(&buf[..t.len]).unwrap().header;
+        assert_eq!(syn.seq_nr, SeqNr(1), "BEP 29: seq_nr = 1");
+    }
 }
 
 // D29 with X1: the initiator takes ack_nr = seq_nr - 1 from the SYN-ACK; later packets
@@ -489,6 +498,87 @@ fn colliding_syn_is_ignored() {
     assert_eq!(s.ep.connection_count(), 1);
     assert_eq!(s.ep.stats().syns_rejected, 1);
     assert_eq!(s.conn(h).state(), State::Connected);
+}
+
+// D32, L4 across the wrap: our connection has recv id 0xFFFF and send id 0x0000. A
+// SYN with id 0xFFFF (which would give a connection recv id 0x0000, send id 0xFFFF) and
+// one with id 0xFFFE (recv id 0xFFFF) both collide and are ignored; id 0x0001 (recv id
+// 0x0002, send id 0x0001) does not and is accepted.
+/// Covers: D32, L4
+#[test]
+fn colliding_syn_across_the_id_wrap_is_ignored() {
+    let mut s = Script::fixed();
+    let h = connected_initiator(&mut s, 1, 0xFFFF, 300);
+    assert_eq!(s.conn(h).recv_id(), 0xFFFF);
+    for id in [0xFFFFu16, 0xFFFE] {
+        let syn = s.header(PacketType::Syn, id, 9, 0);
+        s.recv(syn, &[], &[]);
+        assert!(s.sent().is_empty(), "SYN id {id:#x} collides");
+    }
+    assert_eq!(s.ep.connection_count(), 1);
+    let syn = s.header(PacketType::Syn, 0x0001, 9, 0);
+    s.recv(syn, &[], &[]);
+    let out = s.sent();
+    assert_eq!(out.len(), 1, "a SYN next to the wrap that does not collide");
+    assert_eq!(out[0].h.conn_id, 0x0001);
+    assert_eq!(s.ep.connection_count(), 2);
+    assert_eq!(s.conn(h).state(), State::Connected);
+}
+
+// I51, I52 through the connection: each ACK's timestamp_difference is a delay sample;
+// base_delay is their minimum over the history (two one-minute buckets: the BEP's two
+// minutes) and the queuing delay is the current sample minus the base.
+/// Covers: I51, I52
+#[test]
+fn ack_delay_samples_set_base_and_queuing_delay() {
+    use crate::proto::congestion::LedbatConfig;
+    let mut s = Script::new(Config {
+        congestion: CongestionConfig::Ledbat(LedbatConfig {
+            base_history: 2,
+            base_bucket: Duration::from_secs(60),
+            ..LedbatConfig::default()
+        }),
+        ..Config::default()
+    });
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    let mut seq = 10u16;
+    let mut sample = |s: &mut Script, tsd: u32| {
+        let now = s.now;
+        s.ep.write(now, h, &[7u8; 1380]).unwrap();
+        assert_eq!(s.sent().len(), 1);
+        seq = seq.wrapping_add(1);
+        // A 50 ms round trip: the queuing delay is capped at the RTT (libutp).
+        s.advance(Duration::from_millis(50));
+        let mut ack = s.header(PacketType::State, 1, 100, seq);
+        ack.timestamp_diff = Micros(tsd);
+        s.recv(ack, &[], &[]);
+        let c = s.conn(h);
+        (c.congestion().base_delay(), c.stats().queuing_delay)
+    };
+    assert_eq!(sample(&mut s, 50_000), (Some(50_000), Duration::ZERO));
+    assert_eq!(sample(&mut s, 40_000), (Some(40_000), Duration::ZERO));
+    // Let the low samples leave the current-delay filter (older than one RTT).
+    s.advance(Duration::from_millis(200));
+    assert_eq!(
+        sample(&mut s, 65_000),
+        (Some(40_000), Duration::from_millis(25)),
+        "our_delay = sample - base_delay"
+    );
+    // Samples of 70 ms every 10 s: the 40 ms minimum stays while its bucket is in the
+    // history and is gone once two newer buckets have filled.
+    let mut bases = Vec::new();
+    for _ in 0..18 {
+        s.advance(Duration::from_secs(10));
+        bases.push(sample(&mut s, 70_000).0);
+    }
+    assert_eq!(bases[0], Some(40_000), "within the history");
+    assert_eq!(
+        bases[17],
+        Some(70_000),
+        "the old minimum has expired: {bases:?}"
+    );
+    assert_eq!(s.conn(h).stats().queuing_delay, Duration::ZERO);
+    assert_eq!(s.conn(h).stats().delay_samples, 21);
 }
 
 // ===== Connected: sending ==========================================================
@@ -938,13 +1028,22 @@ fn timestamp_difference_handling() {
     ack.timestamp_diff = Micros(0x7fff_ffff);
     s.recv(ack, &[], &[]);
     assert_eq!(s.conn(h).stats().delay_samples, 0);
+    // A8: our timestamp_difference is the time we received the peer's last packet
+    // minus that packet's timestamp (mod 2^32), however long ago it arrived.
+    let expected = s.now.wire_micros().wrapping_sub(s.peer_clock);
     s.ep.write(now, h, b"cd").unwrap();
     s.advance(Duration::from_millis(3));
     let out = s.sent();
-    // Our timestamp_difference is our receive time minus the peer's last timestamp.
-    let expected = s.now.wire_micros().wrapping_sub(s.peer_clock);
-    let _ = expected;
-    assert_ne!(out[0].h.timestamp_diff, Micros(0));
+    assert_eq!(out[0].h.timestamp_diff, Micros(expected));
+    // The difference wraps: a peer clock ahead of ours gives a large u32, not a panic.
+    let mut ahead = s.header(PacketType::State, 10, 100, 3);
+    ahead.timestamp = Micros(s.now.wire_micros().wrapping_add(5_000));
+    s.recv(ahead, &[], &[]);
+    let now = s.now;
+    s.ep.write(now, h, b"ef").unwrap();
+    s.advance(Duration::from_millis(3));
+    let out = s.sent();
+    assert_eq!(out[0].h.timestamp_diff, Micros(0u32.wrapping_sub(5_000)));
 }
 
 // ===== Closing =====================================================================
@@ -1015,7 +1114,8 @@ fn close_handshake_and_linger() {
     let again = s.sent();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].h.ack_nr, SeqNr(101));
-    s.advance(Duration::from_secs(5));
+    // The linger (8 s, doubled to 16 s by the resend) runs out.
+    s.advance(Duration::from_secs(17));
     // The peer's late data was never read: the connection waits for the reader.
     assert!(s.ep.connection(h).is_some(), "held while data is unread");
     let now = s.now;
@@ -1263,6 +1363,32 @@ fn zero_window_probing() {
     s.recv(open, &[], &[]);
     let out = s.advance_collect(Duration::from_secs(3));
     assert!(out.iter().any(|(_, o)| o.h.ty == PacketType::Data));
+}
+
+// With `reset_unknown` off (libtorrent's choice, X10), stray packets get no answer at
+// all; they are still counted.
+/// Covers: X10
+#[test]
+fn stray_packets_unanswered_without_reset_unknown() {
+    let mut s = Script::new(Config {
+        reset_unknown: false,
+        ..Config::default()
+    });
+    for i in 0..10u16 {
+        let d = s.header(PacketType::Data, 1000 + i, 5, 6);
+        s.recv(d, &[], b"?");
+        let f = s.header(PacketType::Fin, 2000 + i, 5, 6);
+        s.recv(f, &[], &[]);
+    }
+    assert!(s.sent().is_empty(), "no RESET, no answer");
+    let st = s.ep.stats();
+    assert_eq!(st.unknown_connection, 20);
+    assert_eq!(st.resets_sent, 0);
+    assert_eq!(s.ep.connection_count(), 0);
+    // A SYN is still answered: only strays are silenced.
+    let syn = s.header(PacketType::Syn, 3000, 77, 0);
+    s.recv(syn, &[], &[]);
+    assert_eq!(s.sent().len(), 1);
 }
 
 // Stray packets for unknown connections get a RESET, rate limited; RESETs never do.
