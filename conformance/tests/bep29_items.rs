@@ -208,10 +208,11 @@ fn transfer(config: Config, len: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
 }
 
 /// Packets as small as 150 bytes (the BEP's smallest packet size) carry a whole
-/// transfer, and every DATA packet carries payload. The packet size is chosen by
-/// configuration (`Config::max_packet_size`); our core does not shrink it by itself on
-/// slow links (nor do libutp and libtorrent, which size packets by the path MTU).
-/// Covers: H49, C19
+/// transfer, and every DATA packet carries payload. The largest packet size is chosen
+/// by configuration (`Config::max_packet_size`); shrinking by rate is
+/// `Config::adaptive_packet_size` (see `utp`'s `adaptive_packet_size_follows_the_window`
+/// and the simulator's `packet_size_adapts_to_the_rate_in_the_bep_text_profile`).
+/// Covers: C19
 #[test]
 fn packets_of_150_bytes_carry_a_transfer() {
     let mut config = Config::default();

@@ -193,3 +193,60 @@ fn ledbat_yields_to_tcp_and_takes_the_capacity_back() {
         "LEDBAT takes the capacity back: {after}"
     );
 }
+
+/// Sizes of the DATA packets in a run's pcap (raw IPv4/UDP records), in bytes of uTP.
+fn data_packet_sizes(pcap: &[u8]) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let rec = &pcap[at + 16..at + 16 + caplen];
+        at += 16 + caplen;
+        if rec.first().is_some_and(|v| v >> 4 == 4) {
+            let ihl = usize::from(rec[0] & 0x0f) * 4;
+            let utp = &rec[ihl + 8..];
+            if let Ok(p) = utp::wire::Packet::decode(utp) {
+                if p.header.ty == utp::wire::PacketType::Data {
+                    sizes.push(utp.len());
+                }
+            }
+        }
+    }
+    sizes
+}
+
+/// H49, BEP 29's packet size by rate (`adaptive_packet_size`, on in the `bep29_text`
+/// profile): on a 0.2 Mbit/s link the window is a few kB and packets shrink towards
+/// 150 bytes, so a loss still shows as three duplicate ACKs; on a 10 Mbit/s link they
+/// are full size. The default profile sends full-size packets on both, as libutp and
+/// libtorrent do.
+/// Covers: H49
+#[test]
+fn packet_size_adapts_to_the_rate_in_the_bep_text_profile() {
+    let median = |rate: f64, profile: &str| {
+        let mut s = scenario("alone");
+        set(&mut s, "rate_mbit", rate).unwrap();
+        set(&mut s, "duration_s", 20.0).unwrap();
+        for f in &mut s.flows {
+            f.profile = profile.into();
+        }
+        let r = run(&s, true).expect("runs");
+        assert_eq!(r.failure, None);
+        let mut sizes = data_packet_sizes(&r.pcap.unwrap());
+        assert!(sizes.len() > 100, "{} DATA packets", sizes.len());
+        sizes.sort_unstable();
+        eprintln!(
+            "{profile} at {rate} Mbit/s: median {} smallest {} of {}",
+            sizes[sizes.len() / 2],
+            sizes[0],
+            sizes.len()
+        );
+        (sizes[sizes.len() / 2], sizes[0])
+    };
+    let (slow, smallest) = median(0.2, "bep29_text");
+    assert!(slow <= 600, "median DATA packet {slow} bytes at 0.2 Mbit/s");
+    assert!(smallest >= 150, "never below 150 bytes: {smallest}");
+    let (fast, _) = median(10.0, "bep29_text");
+    assert_eq!(fast, 1400, "full size at 10 Mbit/s");
+    assert_eq!(median(0.2, "default").0, 1400, "the default does not adapt");
+}

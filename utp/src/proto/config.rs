@@ -94,6 +94,15 @@ pub struct Config {
     /// BEP 29 text says: at 1 (the acceptor's is random either way). Any peer start is
     /// accepted whatever this says; only [`Config::bep29_text`] sets it to `false`.
     pub random_initial_seq_nr: bool,
+    /// Packet size by rate (checklist H49, BEP 29: "as low as 150 bytes on slow links,
+    /// larger at high rates"). `true`: a new DATA packet carries at most an eighth of
+    /// the congestion window (between 130 bytes of payload, a 150-byte packet, and the
+    /// full `max_packet_size`), so a small window still holds enough packets for three
+    /// duplicate ACKs to signal a loss, and a slow link is not held for a whole large
+    /// packet. `false` (default): every packet is as large as `max_packet_size`
+    /// allows, as libutp and libtorrent do (they size packets by the path MTU). Only
+    /// [`Config::bep29_text`] sets it.
+    pub adaptive_packet_size: bool,
     /// Tail loss probe (RFC 8985 section 7): when no ACK arrives for two smoothed RTTs
     /// plus `delayed_ack` with data in flight, resend the newest packet once, so that
     /// a loss at the end of a burst is repaired by fast retransmit rather than by the
@@ -129,6 +138,7 @@ impl Default for Config {
             reset_interval: Duration::from_secs(10),
             syn_ack_consumes_seq_nr: false,
             random_initial_seq_nr: true,
+            adaptive_packet_size: false,
             tail_loss_probe: true,
         }
     }
@@ -184,6 +194,7 @@ impl Config {
         Config {
             syn_ack_consumes_seq_nr: true,
             random_initial_seq_nr: false,
+            adaptive_packet_size: true,
             tail_loss_probe: false,
             keepalive_interval: None,
             min_timeout: Duration::from_millis(500),

@@ -29,6 +29,10 @@ use crate::wire::{self, Extension, Header, Micros, Packet, PacketType, Selective
 use recv_buffer::{Insert, RecvBuffer};
 use rtt::RttEstimator;
 use send_buffer::{SendBuffer, MAX_IN_FLIGHT};
+
+/// The smallest payload `adaptive_packet_size` shrinks packets to: with the 20-byte
+/// header, BEP 29's smallest packet of 150 bytes.
+const SMALLEST_PAYLOAD: usize = 130;
 use timer::{Timer, TimerTable};
 
 /// Longest selective-ACK bitmask we send: an extension body holds at most 255 bytes,
@@ -1276,7 +1280,7 @@ impl Connection {
             return None;
         }
         let peer_room = self.peer_window.saturating_sub(self.bytes_in_flight);
-        let mut len = unsent.min(self.mss);
+        let mut len = unsent.min(self.packet_payload());
         if self.probe_due {
             // X12: a closed window is probed with one packet, after a timeout.
             self.probe_due = false;
@@ -1288,6 +1292,16 @@ impl Connection {
         }
         let seq = self.send.push_packet(len, false, now);
         Some(self.emit_data(now, seq, None, buf))
+    }
+
+    /// The payload size of the next new DATA packet: the MSS, or with
+    /// `adaptive_packet_size` an eighth of the congestion window (H49), at least 130
+    /// bytes (a 150-byte packet).
+    fn packet_payload(&self) -> usize {
+        if !self.config.adaptive_packet_size {
+            return self.mss;
+        }
+        (self.cc.window() / 8).clamp(SMALLEST_PAYLOAD.min(self.mss), self.mss)
     }
 
     /// Whether a packet of `len` bytes fits the congestion window. E33: in flight plus

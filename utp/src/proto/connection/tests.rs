@@ -581,6 +581,36 @@ fn ack_delay_samples_set_base_and_queuing_delay() {
     assert_eq!(s.conn(h).stats().delay_samples, 21);
 }
 
+// H49 with `adaptive_packet_size` (the BEP text): a new packet carries an eighth of the
+// window, 130 to 1380 bytes of payload; without it every packet is full size.
+/// Covers: H49
+#[test]
+fn adaptive_packet_size_follows_the_window() {
+    for (window, adaptive, want) in [
+        (800, true, 130),
+        (1_200, true, 150),
+        (8_000, true, 1_000),
+        (100_000, true, 1_380),
+        (8_000, false, 1_380),
+    ] {
+        let mut s = Script::new(Config {
+            congestion: CongestionConfig::Fixed(window),
+            adaptive_packet_size: adaptive,
+            ..Config::default()
+        });
+        let h = connected_initiator(&mut s, 10, 1, 100);
+        let now = s.now;
+        s.ep.write(now, h, &[1u8; 20 * 1380]).unwrap();
+        let out = s.sent();
+        assert!(!out.is_empty());
+        assert!(
+            out.iter().all(|o| o.payload.len() == want),
+            "window {window}, adaptive {adaptive}: {:?}",
+            out.iter().map(|o| o.payload.len()).collect::<Vec<_>>()
+        );
+    }
+}
+
 // ===== Connected: sending ==========================================================
 
 // C19, C20, E33, E36: data packets carry payload, STATEs do not consume a seq_nr, the
