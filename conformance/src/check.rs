@@ -15,6 +15,16 @@
 //!   packet being sent).
 //! - `A8`: a timestamp difference is "my receive time minus your timestamp" of a packet
 //!   the other side really sent, shortly before.
+//! - `A7`: a side's timestamps (its µs clock at transmit, wrapping u32) never run
+//!   backwards in capture order. Packets that crossed a reordering impairment before
+//!   the capture point may be overtaken: [`CheckOptions::reordering`] says by how much
+//!   for which senders; within that they are counted in [`Report::reordered`].
+//! - `A11`: a side's cumulative ack_nr never goes backwards (wrapping u16). A packet
+//!   with a lower ack_nr is fine when its timestamp shows it was sent before the one
+//!   that first carried the higher ack_nr (reordered on the way; `A7` bounds how far),
+//!   and so is libutp's keep-alive, a STATE with ack_nr − 1 after a silence (X8,
+//!   counted in [`Report::keep_alives`]). An ack_nr that `X10` rejects is not taken as
+//!   the new highest.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,6 +33,15 @@ use std::time::Duration;
 use utp::wire::{DecodeError, Packet, PacketType, SeqNr};
 
 use crate::trace::{Capture, Datagram};
+
+/// How long libutp's side is silent before its keep-alive (`KEEPALIVE_INTERVAL` is
+/// 29 s, counted from the last packet it sent), less room for a capture point that saw
+/// that last packet late.
+const KEEP_ALIVE_SILENCE: Duration = Duration::from_secs(20);
+
+/// Beyond this much capture time between two packets of a side, their wrapping
+/// timestamps (2^31 µs is 35.8 minutes) are not compared.
+const STAMPS_COMPARABLE: Duration = Duration::from_secs(30 * 60);
 
 /// What a UDP datagram is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +111,13 @@ pub struct Report {
     /// STATEs after a FIN that carry the FIN's sequence number (libtorrent does this;
     /// tolerated, counted).
     pub state_with_fin_seq: usize,
+    /// libutp's keep-alives: STATEs with the side's highest ack_nr minus one, after at
+    /// least 20 s in which the capture saw nothing from that side (checklist X8;
+    /// tolerated, counted).
+    pub keep_alives: usize,
+    /// Packets captured after a later-sent packet of the same side (their timestamp is
+    /// behind), within what [`CheckOptions::reordering`] allows for their sender.
+    pub reordered: usize,
     /// Rules broken.
     pub violations: Vec<Violation>,
 }
@@ -101,6 +127,21 @@ impl Report {
     pub fn count(&self, rule: &str) -> usize {
         self.violations.iter().filter(|v| v.rule == rule).count()
     }
+}
+
+/// What the checker is told about the path from each sender to the capture point.
+///
+/// The default is a capture with no reordering before it: at the sender, or behind a
+/// path that keeps order (loss is fine: it shows as gaps).
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    /// Senders whose packets crossed a reordering impairment before the capture point,
+    /// each with the most one of its packets can be overtaken by (the spread of the
+    /// impairment's delay), measured in the sender's own timestamps. A packet whose
+    /// timestamp is behind that sender's latest by no more than this is counted in
+    /// [`Report::reordered`]; further behind, or from a sender not listed, it breaks
+    /// `A7`.
+    pub reordering: HashMap<SocketAddr, Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +158,14 @@ struct Direction {
     stamps: VecDeque<(Duration, u32)>,
     /// Recent new packets from this side: (seq, timestamp when first seen).
     sent: VecDeque<(SeqNr, u32)>,
+    /// The latest timestamp from this side in capture order (the reference for `A7`),
+    /// and when it was captured.
+    latest_stamp: Option<(u32, Duration)>,
+    /// The highest cumulative ack_nr from this side, with the timestamp and capture
+    /// time of the first packet that carried it (the reference for `A11`).
+    acked: Option<(SeqNr, u32, Duration)>,
+    /// When the capture last saw a packet from this side.
+    last_seen: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -134,8 +183,15 @@ impl Conn {
     }
 }
 
-/// Checks every uTP packet of a capture.
+/// Checks every uTP packet of a capture taken with no reordering before the capture
+/// point (see [`check_with`]).
 pub fn check(capture: &Capture) -> Report {
+    check_with(capture, &CheckOptions::default())
+}
+
+/// Checks every uTP packet of a capture, told what lay between each sender and the
+/// capture point.
+pub fn check_with(capture: &Capture, options: &CheckOptions) -> Report {
     let mut report = Report::default();
     let mut conns: Vec<Conn> = Vec::new();
     // (src, dst, conn_id) → connection index.
@@ -168,7 +224,7 @@ pub fn check(capture: &Capture) -> Report {
             report.first_extension_3_or_more += 1;
         }
         let idx = connection(&mut conns, &mut by_id, d, &p);
-        check_packet(&mut report, &mut conns[idx], d, &p);
+        check_packet(&mut report, options, &mut conns[idx], d, &p);
     }
     report.connections = conns.len();
     report
@@ -238,7 +294,13 @@ fn violation(report: &mut Report, frame: usize, rule: &'static str, message: Str
     });
 }
 
-fn check_packet(report: &mut Report, c: &mut Conn, d: &Datagram, p: &Packet<'_>) {
+fn check_packet(
+    report: &mut Report,
+    options: &CheckOptions,
+    c: &mut Conn,
+    d: &Datagram,
+    p: &Packet<'_>,
+) {
     let h = &p.header;
     let me = c.dir_index(d.src);
     let other = 1 - me;
@@ -293,15 +355,53 @@ fn check_packet(report: &mut Report, c: &mut Conn, d: &Datagram, p: &Packet<'_>)
     if stamps.len() > 512 {
         stamps.pop_front();
     }
+    let silent_for = c.dirs[me]
+        .last_seen
+        .map_or(Duration::MAX, |at| d.time.saturating_sub(at));
+    c.dirs[me].last_seen = Some(d.time);
 
+    // A RESET may come from a socket that is gone (libutp's carry timestamp 0): it
+    // takes part in no ordering rule.
     if h.ty == PacketType::Reset {
         return;
     }
 
+    // A7: timestamps do not run backwards, beyond what reordering on the way explains.
+    let dir = &mut c.dirs[me];
+    match dir.latest_stamp {
+        Some((latest, at)) if d.time.saturating_sub(at) < STAMPS_COMPARABLE => {
+            let behind = latest.wrapping_sub(h.timestamp.0) as i32;
+            if behind <= 0 {
+                dir.latest_stamp = Some((h.timestamp.0, d.time));
+            } else {
+                let allowed = options.reordering.get(&d.src).copied();
+                if allowed.is_some_and(|a| u128::from(behind as u32) <= a.as_micros()) {
+                    report.reordered += 1;
+                } else {
+                    let allows = allowed.map_or(String::new(), |a| {
+                        format!(" (reordering allows {} µs)", a.as_micros())
+                    });
+                    let (ty, ts) = (h.ty, h.timestamp.0);
+                    violation(
+                        report,
+                        frame,
+                        "A7",
+                        format!("{ty:?} timestamp {ts}: {behind} µs behind {latest}{allows}"),
+                    );
+                    // Judge what follows against this packet: one report per step back.
+                    dir.latest_stamp = Some((h.timestamp.0, d.time));
+                }
+            }
+        }
+        _ => dir.latest_stamp = Some((h.timestamp.0, d.time)),
+    }
+
     // X10: never acknowledge what the other side has not sent.
     if h.ty != PacketType::Syn {
+        let mut acks_unsent = false;
         if let Some(next) = c.dirs[other].next_seq {
             if h.ack_nr.is_after(next.prev()) {
+                acks_unsent = true;
                 violation(
                     report,
                     frame,
@@ -324,6 +424,9 @@ fn check_packet(report: &mut Report, c: &mut Conn, d: &Datagram, p: &Packet<'_>)
                     );
                 }
             }
+        }
+        if !acks_unsent {
+            check_ack_order(report, &mut c.dirs[me], d, h, silent_for);
         }
         // The ACK releases the other side's packets up to ack_nr.
         let od = &mut c.dirs[other];
@@ -413,6 +516,50 @@ fn check_packet(report: &mut Report, c: &mut Conn, d: &Datagram, p: &Packet<'_>)
     }
 }
 
+/// A11: the cumulative ack_nr of a side does not go backwards, except for a packet sent
+/// before the one that raised it (reordered on the way) and libutp's keep-alive (X8).
+fn check_ack_order(
+    report: &mut Report,
+    dir: &mut Direction,
+    d: &Datagram,
+    h: &utp::wire::Header,
+    silent_for: Duration,
+) {
+    let Some((highest, stamp, at)) = dir.acked else {
+        dir.acked = Some((h.ack_nr, h.timestamp.0, d.time));
+        return;
+    };
+    if h.ack_nr.is_after(highest) {
+        dir.acked = Some((h.ack_nr, h.timestamp.0, d.time));
+        return;
+    }
+    if h.ack_nr == highest {
+        return;
+    }
+    let sent_before = d.time.saturating_sub(at) < STAMPS_COMPARABLE
+        && stamp.wrapping_sub(h.timestamp.0) as i32 >= 0;
+    if sent_before {
+        return; // reordered; A7 judges by how much
+    }
+    let keep_alive =
+        h.ty == PacketType::State && h.ack_nr == highest.prev() && silent_for >= KEEP_ALIVE_SILENCE;
+    if keep_alive {
+        report.keep_alives += 1;
+        return;
+    }
+    violation(
+        report,
+        d.frame,
+        "A11",
+        format!(
+            "{:?} with ack_nr {} after this side acknowledged {highest}",
+            h.ty, h.ack_nr
+        ),
+    );
+    // Judge what follows against this packet: one report per step back.
+    dir.acked = Some((h.ack_nr, h.timestamp.0, d.time));
+}
+
 #[cfg(test)]
 mod tests {
     use utp::wire::{encode, Extension, Header, Micros, SelectiveAck};
@@ -430,13 +577,39 @@ mod tests {
 
     impl Script {
         fn new() -> Script {
+            Script::starting(10, 500)
+        }
+
+        /// A's SYN with seq_nr `a`, B's answer with seq_nr `b`.
+        fn starting(a: u16, b: u16) -> Script {
             let mut s = Script {
                 cap: Capture::default(),
                 t: 0,
             };
-            s.pkt(A, PacketType::Syn, 100, 10, 0, 0, 1 << 20, &[], &[]);
-            s.pkt(B, PacketType::State, 100, 500, 10, 0, 1 << 20, &[], &[]);
+            s.pkt(A, PacketType::Syn, 100, a, 0, 0, 1 << 20, &[], &[]);
+            s.pkt(B, PacketType::State, 100, b, a, 0, 1 << 20, &[], &[]);
             s
+        }
+
+        /// Lets capture time pass.
+        fn wait(&mut self, d: Duration) {
+            self.t += d.as_micros() as u64;
+        }
+
+        /// Sets the timestamp of the last packet (bytes 4..8, checklist A6).
+        fn stamp(&mut self, ts: u32) {
+            let d = self.cap.datagrams.last_mut().expect("a packet");
+            d.payload[4..8].copy_from_slice(&ts.to_be_bytes());
+        }
+
+        fn report_with(&self, reordering: &[(&str, Duration)]) -> Report {
+            let options = CheckOptions {
+                reordering: reordering
+                    .iter()
+                    .map(|&(a, d)| (a.parse().unwrap(), d))
+                    .collect(),
+            };
+            check_with(&self.cap, &options)
         }
 
         /// Adds a packet from `from`; timestamps are the capture time in µs, and
@@ -579,6 +752,196 @@ mod tests {
             &[0; 100],
         );
         assert_eq!(s.rules(), vec!["E33"]);
+    }
+
+    /// A STATE from B acknowledging `ack`.
+    fn ack(s: &mut Script, ack: u16) {
+        s.pkt(B, PacketType::State, 100, 500, ack, 0, 1 << 20, &[], &[]);
+    }
+
+    /// A sends DATA 11 and 12 and B acknowledges both.
+    fn two_acked() -> Script {
+        let mut s = Script::new();
+        s.pkt(A, PacketType::Data, 101, 11, 499, 0, 1 << 20, &[], b"a");
+        s.pkt(A, PacketType::Data, 101, 12, 499, 0, 1 << 20, &[], b"b");
+        ack(&mut s, 11);
+        ack(&mut s, 12);
+        s
+    }
+
+    /// A11: a side's cumulative ack_nr going backwards is a violation, on a STATE or a
+    /// DATA; a packet sent before the one that raised it (its timestamp shows it) is
+    /// reordering, not a violation.
+    /// Covers: A11
+    #[test]
+    fn ack_nr_never_goes_backwards() {
+        assert_eq!(two_acked().rules(), Vec::<&str>::new());
+
+        let mut s = two_acked();
+        ack(&mut s, 11);
+        assert_eq!(s.rules(), vec!["A11"]);
+        let r = check(&s.cap);
+        assert_eq!((r.violations[0].frame, r.keep_alives), (7, 0));
+        assert!(r.violations[0].message.contains("ack_nr 11 after"), "{r:?}");
+
+        let mut s = two_acked();
+        s.pkt(B, PacketType::Data, 100, 500, 10, 0, 1 << 20, &[], b"x");
+        assert_eq!(s.rules(), vec!["A11"]);
+
+        // One report per step back: what follows is judged against the new value.
+        let mut s = two_acked();
+        ack(&mut s, 11);
+        ack(&mut s, 11);
+        ack(&mut s, 12);
+        assert_eq!(s.rules(), vec!["A11"]);
+
+        // Captured after the ACK of 12 but sent before it: reordered on the way. The
+        // checker must be told (A7), and then it is no A11 either.
+        let mut s = two_acked();
+        let t = s.t as u32;
+        ack(&mut s, 11);
+        s.stamp(t - 300);
+        assert_eq!(s.rules(), vec!["A7"]);
+        let r = s.report_with(&[(B, Duration::from_millis(1))]);
+        assert_eq!((r.violations.clone(), r.reordered), (vec![], 1));
+
+        // An ack_nr that X10 rejects does not become the reference.
+        let mut s = two_acked();
+        ack(&mut s, 40);
+        ack(&mut s, 12);
+        assert_eq!(s.rules(), vec!["X10"]);
+    }
+
+    /// A11 in wrapping u16 arithmetic: 65535 to 0 is forward, 0 to 65535 backwards.
+    /// Covers: A11
+    #[test]
+    fn ack_nr_order_wraps() {
+        let mut s = Script::starting(65533, 500);
+        for seq in [65534, 65535, 0, 1] {
+            s.pkt(A, PacketType::Data, 101, seq, 499, 0, 1 << 20, &[], b"d");
+            ack(&mut s, seq);
+        }
+        assert_eq!(s.rules(), Vec::<&str>::new());
+        ack(&mut s, 65535);
+        assert_eq!(s.rules(), vec!["A11"]);
+    }
+
+    /// libutp's keep-alive (X8): a STATE with ack_nr − 1 after 29 s of silence is
+    /// tolerated and counted; the same without the silence, one further back, or on a
+    /// DATA is a violation.
+    /// Covers: X8, A11
+    #[test]
+    fn keep_alive_with_ack_nr_minus_one_is_tolerated() {
+        let mut s = two_acked();
+        s.wait(Duration::from_secs(29));
+        ack(&mut s, 11);
+        ack(&mut s, 12);
+        s.wait(Duration::from_secs(29));
+        ack(&mut s, 11);
+        let r = check(&s.cap);
+        assert_eq!((r.violations, r.keep_alives), (vec![], 2));
+
+        let mut s = two_acked();
+        s.wait(Duration::from_secs(1));
+        ack(&mut s, 11);
+        assert_eq!(s.rules(), vec!["A11"]);
+
+        let mut s = two_acked();
+        s.wait(Duration::from_secs(29));
+        ack(&mut s, 10);
+        assert_eq!(s.rules(), vec!["A11"]);
+
+        let mut s = two_acked();
+        s.wait(Duration::from_secs(29));
+        s.pkt(B, PacketType::Data, 100, 500, 11, 0, 1 << 20, &[], b"x");
+        assert_eq!(s.rules(), vec!["A11"]);
+
+        // Silence of that side: A talking in between does not count.
+        let mut s = two_acked();
+        s.wait(Duration::from_secs(29));
+        ack(&mut s, 12);
+        ack(&mut s, 11);
+        assert_eq!(s.rules(), vec!["A11"]);
+    }
+
+    /// A7: a side's timestamps never run backwards in capture order (wrapping u32 µs),
+    /// except by as much as a reordering declared for that sender allows.
+    /// Covers: A7
+    #[test]
+    fn timestamps_never_run_backwards() {
+        let mut s = Script::new();
+        s.pkt(A, PacketType::Data, 101, 11, 499, 0, 1 << 20, &[], b"a");
+        let t = s.t as u32;
+        s.pkt(A, PacketType::Data, 101, 12, 499, 0, 1 << 20, &[], b"b");
+        s.stamp(t - 1);
+        assert_eq!(s.rules(), vec!["A7"]);
+        let r = check(&s.cap);
+        assert_eq!(r.violations[0].frame, 4);
+        assert!(r.violations[0].message.contains("1 µs behind"), "{r:?}");
+
+        // Equal is not backwards; the same step back is reported once.
+        let mut s = Script::new();
+        s.wait(Duration::from_millis(10));
+        s.pkt(A, PacketType::Data, 101, 11, 499, 0, 1 << 20, &[], b"a");
+        let t = s.t as u32;
+        s.pkt(A, PacketType::Data, 101, 12, 499, 0, 1 << 20, &[], b"b");
+        s.stamp(t);
+        s.pkt(A, PacketType::Data, 101, 13, 499, 0, 1 << 20, &[], b"c");
+        s.stamp(t - 5000);
+        s.pkt(A, PacketType::Data, 101, 14, 499, 0, 1 << 20, &[], b"d");
+        s.stamp(t - 4000);
+        assert_eq!(s.rules(), vec!["A7"]);
+
+        // Wrapping: u32::MAX - 99 to 100 is 200 µs forward (A's SYN, the first
+        // packet, is from just before).
+        let mut s = Script::new();
+        s.cap.datagrams[0].payload[4..8].copy_from_slice(&(u32::MAX - 199).to_be_bytes());
+        s.pkt(A, PacketType::Data, 101, 11, 499, 0, 1 << 20, &[], b"a");
+        s.stamp(u32::MAX - 99);
+        s.pkt(A, PacketType::Data, 101, 12, 499, 0, 1 << 20, &[], b"b");
+        s.stamp(100);
+        assert_eq!(s.rules(), Vec::<&str>::new());
+        s.pkt(A, PacketType::Data, 101, 13, 499, 0, 1 << 20, &[], b"c");
+        s.stamp(u32::MAX);
+        assert_eq!(s.rules(), vec!["A7"]);
+
+        // A reordering of 2 ms declared for A: 1.5 ms behind is counted, 3 ms is not
+        // allowed, and B, not declared, may not run backwards at all.
+        let mut s = Script::new();
+        s.pkt(A, PacketType::Data, 101, 11, 499, 0, 1 << 20, &[], b"a");
+        s.wait(Duration::from_millis(10));
+        let t = s.t as u32;
+        s.pkt(A, PacketType::Data, 101, 12, 499, 0, 1 << 20, &[], b"b");
+        s.pkt(A, PacketType::Data, 101, 13, 499, 0, 1 << 20, &[], b"c");
+        s.stamp(t - 500);
+        s.pkt(A, PacketType::Data, 101, 14, 499, 0, 1 << 20, &[], b"d");
+        s.stamp(t - 3000);
+        let r = s.report_with(&[(A, Duration::from_millis(2))]);
+        assert_eq!(r.reordered, 1);
+        assert_eq!(r.violations.len(), 1, "{r:?}");
+        assert_eq!((r.violations[0].rule, r.violations[0].frame), ("A7", 6));
+        assert!(r.violations[0].message.contains("allows 2000 µs"));
+        let t = s.t as u32;
+        ack(&mut s, 14);
+        ack(&mut s, 14);
+        s.stamp(t - 1);
+        let r = s.report_with(&[(A, Duration::from_millis(2))]);
+        assert_eq!(
+            r.violations.last().map(|v| (v.rule, v.frame)),
+            Some(("A7", 8))
+        );
+
+        // A RESET (libutp's carry timestamp 0) is not judged; a long silence makes the
+        // wrapping timestamps incomparable.
+        let mut s = Script::new();
+        s.pkt(A, PacketType::Data, 101, 11, 499, 0, 1 << 20, &[], b"a");
+        s.pkt(A, PacketType::Reset, 101, 12, 499, 0, 0, &[], &[]);
+        s.stamp(0);
+        let t = s.t as u32;
+        s.wait(Duration::from_secs(40 * 60));
+        s.pkt(A, PacketType::Data, 101, 12, 499, 0, 1 << 20, &[], b"b");
+        s.stamp(t.wrapping_sub(1_000_000));
+        assert_eq!(s.rules(), Vec::<&str>::new());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! - [`replay`]: differential replay: one side of a recorded connection fed into our
 //!   core playing the other side, and what ours delivers and acknowledges compared
 //!   with what the recorded side did.
-//! - [`trace`]: reads pcap and pcapng captures (Ethernet, Linux SLL, raw IP, loopback;
-//!   IPv4 and IPv6) into UDP datagrams.
+//! - [`trace`]: reads pcap and pcapng captures (Ethernet, Linux SLL and SLL2, raw IP,
+//!   BSD null and loopback; IPv4 and IPv6) into UDP datagrams.
 //! - [`coverage`]: the BEP 29 coverage matrix: checklist items
 //!   (`conformance/bep29-items.toml`), the tests that declare `Covers:` lines, and
 //!   their outcomes in a `cargo test` log.

@@ -522,6 +522,7 @@ fn libutp_to_libutp(s: &Scenario) -> Result<Recording, String> {
             link_types: Vec::new(),
             datagrams: trace,
             skipped: 0,
+            truncated: 0,
         },
         data,
         received,

@@ -240,6 +240,7 @@ impl Net {
             link_types: Vec::new(),
             datagrams,
             skipped: 0,
+            truncated: 0,
         }
     }
 

@@ -1,13 +1,15 @@
 //! Replays every capture of `pcaps/MANIFEST.toml`: every uTP datagram decodes and
 //! re-encodes byte for byte, the datagrams the manifest names as version-0 RESETs or
 //! malformed are rejected, and the passive checker finds exactly the violations the
-//! manifest expects (none, unless listed with a reason).
+//! manifest expects (none, unless listed with a reason), told which senders' packets
+//! crossed a reordering impairment before the capture point.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
-use utp_conformance::check::{check, Kind};
+use utp_conformance::check::{check_with, CheckOptions, Kind, Report};
 use utp_conformance::trace;
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,32 @@ struct Entry {
     notes: String,
     #[serde(default)]
     expected_violations: BTreeMap<String, usize>,
+    #[serde(default)]
+    reordered_senders: Vec<String>,
+    #[serde(default)]
+    reordering_ms: u64,
+}
+
+impl Entry {
+    /// What the checker must know about the path to the capture point.
+    fn options(&self) -> CheckOptions {
+        let mut o = CheckOptions::default();
+        for s in &self.reordered_senders {
+            let addr = s
+                .parse()
+                .unwrap_or_else(|e| panic!("{}: reordered_senders {s:?}: {e}", self.file));
+            o.reordering
+                .insert(addr, Duration::from_millis(self.reordering_ms));
+        }
+        o
+    }
+
+    /// The checker's report on this capture, or `None` when it is not here.
+    fn check(&self) -> Option<Report> {
+        let path = path_of(self)?;
+        let cap = trace::read(&path).unwrap_or_else(|err| panic!("{err}"));
+        Some(check_with(&cap, &self.options()))
+    }
 }
 
 fn root() -> PathBuf {
@@ -62,16 +90,14 @@ fn path_of(e: &Entry) -> Option<PathBuf> {
     Some(p)
 }
 
-/// Covers: A1, B12, B13
+/// Covers: A1, A7, A11, B12, B13
 #[test]
 fn every_trace_matches_its_manifest_entry() {
     let m = manifest();
     assert!(m.trace.len() >= 6, "the six lt/tr captures at least");
     let mut checked = 0;
     for e in &m.trace {
-        let Some(path) = path_of(e) else { continue };
-        let cap = trace::read(&path).unwrap_or_else(|err| panic!("{err}"));
-        let r = check(&cap);
+        let Some(r) = e.check() else { continue };
         let name = &e.file;
         assert_eq!(r.utp, e.utp, "{name}: valid uTP packets");
         assert_eq!(
@@ -99,6 +125,13 @@ fn every_trace_matches_its_manifest_entry() {
             e.expected_violations,
             "{name}: checker violations (first: {:?})",
             r.violations.first()
+        );
+        // A declared reordering is really there (or the declaration is stale).
+        assert_eq!(
+            r.reordered > 0,
+            !e.reordered_senders.is_empty(),
+            "{name}: {} packets reordered before the capture point",
+            r.reordered
         );
         checked += 1;
     }
@@ -137,7 +170,7 @@ fn deployed_practice_seen_in_the_traces() {
     let m = manifest();
     let get = |file: &str| {
         let e = m.trace.iter().find(|e| e.file == file).unwrap();
-        check(&trace::read(&path_of(e).unwrap()).unwrap())
+        e.check().unwrap()
     };
     let lt = get("lt-seed_lt-get_impaired_at-getter.pcap");
     let mut lengths: Vec<usize> = lt.sack_lengths.keys().copied().collect();
