@@ -222,6 +222,9 @@ pub struct Connection {
     reply_micro: u32,
     ack_due: bool,
     sack_due: bool,
+    /// A STATE with the next seq_nr is due after a resent FIN (see
+    /// `on_retransmit_timeout`); unlike `ack_due`, the FIN itself does not clear it.
+    fin_state_probe_due: bool,
     unacked_packets: u32,
     advertised_window: usize,
 
@@ -340,6 +343,7 @@ impl Connection {
             reply_micro: 0,
             ack_due: false,
             sack_due: false,
+            fin_state_probe_due: false,
             unacked_packets: 0,
             advertised_window: config.recv_buffer_size,
             timers: TimerTable::default(),
@@ -1132,6 +1136,18 @@ impl Connection {
         // Fast retransmit may take every packet into account again.
         self.loss_cursor = self.send.oldest_seq();
         self.timers.set(Timer::Retransmit, now + self.rtt.rto());
+        // Only our FIN is unacknowledged and the peer has finished too. libutp destroys
+        // its socket as soon as its own FIN is acknowledged, so our FIN may reach a
+        // socket that is gone; libutp answers a packet for an unknown connection with one
+        // RESET per seq_nr and no more for that seq_nr until it has been quiet for 10 s.
+        // If that RESET was lost, resent FINs get no answer. A STATE with the next
+        // seq_nr asks anew (its RESET acks our FIN and ends the close, X3); a live peer
+        // takes it as a plain ACK.
+        if self.peer_finished
+            && matches!(self.fin, FinState::Sent(seq) if self.send.oldest_seq() == seq)
+        {
+            self.fin_state_probe_due = true;
+        }
     }
 
     /// Re-arms the timers that depend on what is waiting to be sent.
@@ -1230,6 +1246,11 @@ impl Connection {
         }
         if let Some(n) = self.next_resend(now, buf) {
             return Some(n);
+        }
+        if self.fin_state_probe_due {
+            self.fin_state_probe_due = false;
+            let seq = self.send.next_seq();
+            return Some(self.emit_control(now, PacketType::State, seq, buf));
         }
         if let Some(n) = self.next_new_data(now, buf) {
             return Some(n);

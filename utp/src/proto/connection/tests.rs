@@ -1220,6 +1220,37 @@ fn reset_is_validated() {
     assert!(s.has_event(h, Event::Closed(Some(ConnectionError::Reset))));
 }
 
+// X3 against libutp, which destroys its socket once its own FIN is acked and then
+// answers one packet per seq_nr with a RESET: when only our FIN is outstanding after the
+// peer's FIN, each retransmission timeout resends the FIN *and* sends a STATE with the
+// next seq_nr, a packet libutp has not answered yet; the RESET to it (acking FIN + 1)
+// ends the close cleanly.
+/// Covers: X3, X11
+#[test]
+fn fin_to_a_vanished_libutp_peer_also_asks_with_a_state() {
+    let mut s = Script::fixed();
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    let fin = s.header(PacketType::Fin, 1, 100, 10);
+    s.recv(fin, &[], &[]);
+    assert!(s.has_event(h, Event::Finished));
+    let now = s.now;
+    s.ep.shutdown(now, h).unwrap();
+    let out = s.sent();
+    assert!(out
+        .iter()
+        .any(|o| o.h.ty == PacketType::Fin && o.h.seq_nr == SeqNr(11)));
+    // The peer is gone: nothing answers. The RTO fires.
+    let resent = s.advance_collect(Duration::from_millis(1100));
+    let kinds: Vec<_> = resent.iter().map(|(_, o)| (o.h.ty, o.h.seq_nr)).collect();
+    assert!(kinds.contains(&(PacketType::Fin, SeqNr(11))), "{kinds:?}");
+    assert!(kinds.contains(&(PacketType::State, SeqNr(12))), "{kinds:?}");
+    // libutp's RESET to the STATE names our send id and acks seq_nr 12.
+    let mut rst = s.header(PacketType::Reset, 2, 5555, 12);
+    rst.wnd_size = 0;
+    s.recv(rst, &[], &[]);
+    assert!(s.has_event(h, Event::Closed(None)), "{:?}", s.events);
+}
+
 // Abort sends a RESET at once.
 /// Covers: C22
 #[test]
