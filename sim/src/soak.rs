@@ -7,19 +7,30 @@
 //! move a verifiable byte pattern both ways at once (the request and a reply of the same
 //! length), close, and open the next one, until the duration is over.
 //!
-//! What it checks and reports ([`SoakReport`]):
+//! What it checks and reports ([`SoakReport`]; [`SoakReport::passed`] asks for all of
+//! it, with no tolerance):
 //!
 //! - every byte read matches the pattern the other side wrote, in order, and each
-//!   direction ends with a clean EOF (`bytes_verified`, `corrupt`, `failed`);
-//! - no connection goes `stall` without progress (`stuck`), and every connection that
-//!   was open at the deadline finishes within a grace period;
-//! - the resident set size ([`rss_kib`], from `/proc/self/status`) after warm-up
-//!   against the end of the run (`rss_after_warmup`, `rss_end`): memory stays flat;
-//! - the connection tables drain once everything closed (`connections_left`).
+//!   direction ends with a clean EOF; the bytes verified are exactly the bytes the
+//!   completed connections moved (`bytes_verified`, `bytes_expected`, `corrupt`);
+//! - no connection fails on either side (`failed`, with every failure counted by
+//!   kind). The give-up limits are the library's defaults except `syn_retries`
+//!   ([`SoakConfig::syn_retries`]), so that losing every attempt by chance is below one
+//!   in a hundred million per connection at 2 % loss: a failure is a bug;
+//! - no connection goes `stall` without progress (`stuck`), and every connection open
+//!   at the deadline finishes, on both sides, within a grace period;
+//! - the connection tables empty once everything closed (`connections_left`), within
+//!   the longest linger the library allows;
+//! - memory stays flat after warm-up and goes back once the connections are gone,
+//!   measured on the live heap ([`CountingAlloc`], [`heap_bytes`]) against the table
+//!   sizes ([`SoakReport::memory_problems`]); the resident set size ([`rss_kib`]) is
+//!   reported too, but the system allocator keeps freed pages, so it is not judged.
 //!
 //! `utp-sim soak --secs 300 --conns 2000 --loss 0.02` runs it from the command line;
 //! `sim/tests/soak.rs` runs a short version in `cargo test`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
@@ -63,11 +74,21 @@ pub struct SoakConfig {
     pub min_bytes: u64,
     /// Largest request (and reply) in bytes. Default 64 KiB.
     pub max_bytes: u64,
-    /// A connection without progress for this long counts as stuck. Default 20 s.
+    /// A connection without progress for this long counts as stuck. Default 40 s: a
+    /// packet whose first five sends are lost is resent 31.5 s after the first (RTO
+    /// 0.5 s, doubling); a silence of more than 40 s needs six losses in a row (at 2 %
+    /// loss each way, 4·10⁻⁹ per packet), after which the connection gives up at 63.5 s
+    /// (`max_retransmits` 6) or is stuck.
     pub stall: Duration,
-    /// RSS is compared from this point of the run on. Default: a fifth of the
-    /// duration, at least 10 s (the ramp plus a few linger periods of closed
-    /// connections) but at most the duration.
+    /// SYN resends before a connect fails (`Config::syn_retries`). Default 5, where the
+    /// library's default is 3: four lost handshakes in a row happen by chance once in
+    /// 400 000 connects at 2 % loss each way (0.0396⁴), and the soak opens that many in
+    /// a few minutes; six in a row, once in 260 million. With 5, a failed connect is a
+    /// bug, not bad luck; the sixth attempt goes out 31 s after the first.
+    pub syn_retries: u32,
+    /// Memory is compared from this point of the run on. Default: a fifth of the
+    /// duration, at least 20 s (the ramp plus two linger periods of closed
+    /// connections, 8 s each) but at most the duration.
     pub warmup: Option<Duration>,
     /// Workers start spread over this time, so the first SYNs do not all arrive in
     /// one burst. Default 2 s.
@@ -87,7 +108,8 @@ impl Default for SoakConfig {
             seed: 1,
             min_bytes: 1024,
             max_bytes: 64 * 1024,
-            stall: Duration::from_secs(20),
+            stall: Duration::from_secs(40),
+            syn_retries: 5,
             warmup: None,
             ramp: Duration::from_secs(2),
             progress: None,
@@ -98,7 +120,7 @@ impl Default for SoakConfig {
 impl SoakConfig {
     /// Parses command-line flags (`--secs`, `--conns`, `--loss`, `--delay-ms`,
     /// `--jitter-ms`, `--seed`, `--min-bytes`, `--max-bytes`, `--stall-secs`,
-    /// `--warmup-secs`, `--quiet`) over the defaults; progress lines every 5 s unless
+    /// `--syn-retries`, `--warmup-secs`, `--ramp-secs`, `--quiet`) over the defaults; progress lines every 5 s unless
     /// `--quiet`. `UTP_SIM_SEED` sets the seed too.
     pub fn from_args(args: &[String]) -> Result<SoakConfig, String> {
         let mut c = SoakConfig {
@@ -144,6 +166,7 @@ impl SoakConfig {
                 "--min-bytes" => c.min_bytes = num(v)? as u64,
                 "--max-bytes" => c.max_bytes = num(v)? as u64,
                 "--stall-secs" => c.stall = secs(v)?,
+                "--syn-retries" => c.syn_retries = num(v)? as u32,
                 "--warmup-secs" => c.warmup = Some(secs(v)?),
                 "--ramp-secs" => c.ramp = secs(v)?,
                 other => return Err(format!("unknown soak option {other:?}; {SOAK_USAGE}")),
@@ -172,7 +195,7 @@ impl SoakConfig {
 
     fn warmup(&self) -> Duration {
         self.warmup
-            .unwrap_or_else(|| (self.duration / 5).max(Duration::from_secs(10)))
+            .unwrap_or_else(|| (self.duration / 5).max(Duration::from_secs(20)))
             .min(self.duration)
     }
 }
@@ -180,12 +203,22 @@ impl SoakConfig {
 /// The `utp-sim soak` flags.
 pub const SOAK_USAGE: &str = "usage: utp-sim soak [--secs S] [--conns N] [--loss P] \
 [--delay-ms D] [--jitter-ms J] [--seed N] [--min-bytes B] [--max-bytes B] [--stall-secs S] \
-[--warmup-secs S] [--ramp-secs S] [--quiet]";
+[--syn-retries N] [--warmup-secs S] [--ramp-secs S] [--quiet]";
+
+/// Heap after warm-up may grow this much per table entry (a factor on the heap per
+/// entry at the end of warm-up); see [`SoakReport::memory_problems`].
+const HEAP_PER_ENTRY_GROWTH: f64 = 1.10;
+/// Heap that may be left, per table entry at the peak, once every connection is gone.
+const RETAINED_PER_PEAK_ENTRY: u64 = 3 * 1024;
+/// Fixed heap allowance of both memory checks.
+const HEAP_SLACK: u64 = 8 << 20;
 
 /// What a soak run found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SoakReport {
     /// The configuration that ran.
+    pub config: SoakConfig,
+    /// The seed (as in `config`).
     pub seed: u64,
     /// Wall time from start to the end of the drain.
     pub elapsed: Duration,
@@ -199,23 +232,40 @@ pub struct SoakReport {
     pub corrupt: u64,
     /// Bytes read and verified, both directions together.
     pub bytes_verified: u64,
-    /// Connections that went `stall` without progress, or were still open after the
-    /// grace period at the end.
+    /// Bytes the completed connections moved, both directions together (each one's
+    /// request and reply): with no failure, every one of them was verified.
+    pub bytes_expected: u64,
+    /// Connections that went `stall` without progress, or were still open (on either
+    /// side) after the grace period at the end.
     pub stuck: u64,
     /// The longest time any open connection went without progress.
     pub longest_stall: Duration,
     /// The first failure messages.
     pub failures: Vec<String>,
-    /// Resident set size samples (time since start, KiB).
-    pub rss: Vec<(Duration, u64)>,
+    /// Every failure, counted by kind (its message without the connection's details,
+    /// digits replaced by `#`).
+    pub failure_kinds: Vec<(String, u64)>,
+    /// The monitor's samples, one a second.
+    pub series: Vec<Sample>,
     /// RSS at the end of warm-up, KiB.
     pub rss_after_warmup: Option<u64>,
     /// RSS at the deadline, KiB.
     pub rss_end: Option<u64>,
+    /// Bytes live on the heap before the first connection ([`heap_bytes`]; `None`
+    /// unless [`CountingAlloc`] is the global allocator).
+    pub heap_before: Option<u64>,
+    /// Bytes live on the heap once every connection was released.
+    pub heap_after_drain: Option<u64>,
     /// Most connections the client socket held at once.
     pub peak_connections: usize,
+    /// Most connections the server socket held at once.
+    pub peak_server_connections: usize,
+    /// How long the tables took to empty after the last connection finished.
+    pub drain: Duration,
     /// Connections left in the client and server tables after the drain.
     pub connections_left: (usize, usize),
+    /// Server tasks still serving a connection after the drain.
+    pub serving_left: u64,
     /// The relay's counters.
     pub relay: RelayStats,
     /// The client endpoint's counters at the end.
@@ -230,46 +280,158 @@ impl SoakReport {
         Some(self.rss_end? as i64 - self.rss_after_warmup? as i64)
     }
 
-    /// Whether every byte was intact, no connection failed or got stuck, and the
-    /// connection tables drained.
+    /// The sample at the end of warm-up (the first one after it).
+    pub fn warm_sample(&self) -> Option<&Sample> {
+        let w = self.config.warmup();
+        self.series.iter().find(|s| s.at >= w)
+    }
+
+    /// The last sample before the deadline.
+    pub fn end_sample(&self) -> Option<&Sample> {
+        self.series
+            .iter()
+            .rev()
+            .find(|s| s.at <= self.config.duration)
+    }
+
+    /// The heap bound at the deadline: the heap per table entry at the end of warm-up,
+    /// times the entries at the deadline, times 1.10, plus 8 MiB (see
+    /// [`Self::memory_problems`]); in bytes above `heap_before`. `None` without heap
+    /// counts.
+    pub fn heap_end_bound(&self) -> Option<u64> {
+        let (w, e) = (self.warm_sample()?, self.end_sample()?);
+        let before = self.heap_before?;
+        let per_entry = w.heap.saturating_sub(before) as f64 / w.entries().max(1) as f64;
+        Some((per_entry * e.entries() as f64 * HEAP_PER_ENTRY_GROWTH) as u64 + HEAP_SLACK)
+    }
+
+    /// The bound on the heap left after the drain, in bytes above `heap_before`.
+    pub fn heap_drained_bound(&self) -> u64 {
+        (self.peak_connections + self.peak_server_connections) as u64 * RETAINED_PER_PEAK_ENTRY
+            + HEAP_SLACK
+    }
+
+    /// What the memory checks found wrong (empty: memory was flat). Nothing is checked
+    /// without heap counts ([`CountingAlloc`]), nor when warm-up lasts the whole run.
+    ///
+    /// - **Flat after warm-up.** Nearly all the heap a soak uses belongs to the entries
+    ///   of the two connection tables: each open or lingering connection keeps its
+    ///   buffers (a lingering one their capacity, see `THREAT_MODEL.md`), 35-40 KiB
+    ///   with transfers of up to 32 KiB, 80-85 KiB with up to 64 KiB; the number of
+    ///   entries follows the rate of connections, which follows the load on the
+    ///   machine. So the heap at the deadline may be at most 10 % more per entry than
+    ///   at the end of warm-up, plus 8 MiB (measured: from -3.5 % to +1.3 %; a doubling
+    ///   of the endpoint's slot vector, 912 bytes a slot, adds at most one slot per
+    ///   entry). This catches what grows with time: in the five-minute run with 2000
+    ///   workers, a leak of about 1 KiB per connection.
+    /// - **Back to the start after the drain.** Once every connection is gone, what
+    ///   remains is the capacity the tables grew to at the peak (the slot vector, two
+    ///   id maps, the timer heap, the driver's slot map; up to twice the peak, as they
+    ///   double): measured 1.2-1.6 KiB per peak entry, allowed 3 KiB, plus 8 MiB.
+    ///   Anything each connection leaves behind adds up over all of them: the
+    ///   ten-second CI run (about 20 000 connections) fails with 4 KiB leaked per
+    ///   connection (tried: 156 MiB left, bound 125 MiB), the five-minute run (about
+    ///   360 000) with 150 bytes.
+    pub fn memory_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(before) = self.heap_before else {
+            return problems;
+        };
+        let mib = |b: u64| b as f64 / 1048576.0;
+        if let (Some(w), Some(e), Some(bound)) =
+            (self.warm_sample(), self.end_sample(), self.heap_end_bound())
+        {
+            let used = e.heap.saturating_sub(before);
+            if w.at < e.at && used > bound {
+                problems.push(format!(
+                    "heap grew after warm-up: {:.1} MiB for {} table entries at {:.0} s \
+(bound {:.1} MiB), {:.1} MiB for {} at {:.0} s",
+                    mib(used),
+                    e.entries(),
+                    e.at.as_secs_f64(),
+                    mib(bound),
+                    mib(w.heap.saturating_sub(before)),
+                    w.entries(),
+                    w.at.as_secs_f64()
+                ));
+            }
+        }
+        if let Some(after) = self.heap_after_drain {
+            let left = after.saturating_sub(before);
+            if left > self.heap_drained_bound() {
+                problems.push(format!(
+                    "{:.1} MiB of heap left after the drain (bound {:.1} MiB for a peak of {} entries)",
+                    mib(left),
+                    mib(self.heap_drained_bound()),
+                    self.peak_connections + self.peak_server_connections
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Whether every byte was intact and verified (as many as the completed connections
+    /// moved), no connection failed or got stuck on either side, the connection tables
+    /// drained, and memory stayed flat ([`Self::memory_problems`]).
     pub fn passed(&self) -> bool {
         self.corrupt == 0
             && self.failed == 0
             && self.stuck == 0
             && self.completed > 0
+            && self.completed == self.server_completed
+            && self.bytes_verified == self.bytes_expected
             && self.connections_left == (0, 0)
+            && self.serving_left == 0
+            && self.memory_problems().is_empty()
     }
 
     /// A printable summary.
     pub fn text(&self) -> String {
         let mut s = String::new();
+        let c = &self.config;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let _ = writeln!(s, "soak (seed {})", self.seed);
+        let run = c.duration.as_secs_f64().max(1e-9);
         let _ = writeln!(
             s,
-            "connections  {} completed ({:.0}/s), {} on the server side, peak {} open",
-            self.completed,
-            self.completed as f64 / secs,
-            self.server_completed,
-            self.peak_connections
+            "soak (seed {}): {:.0} s, {} workers, loss {} each way, {}-{} bytes each way, \
+syn_retries {}",
+            self.seed, run, c.conns, c.loss, c.min_bytes, c.max_bytes, c.syn_retries
         );
         let _ = writeln!(
             s,
-            "bytes        {} verified ({:.1} MB/s), {} corrupt connections",
+            "connections  {} completed ({:.0}/s over the {:.0} s), {} on the server side; \
+tables peak at {} client, {} server",
+            self.completed,
+            self.completed as f64 / run,
+            run,
+            self.server_completed,
+            self.peak_connections,
+            self.peak_server_connections
+        );
+        let _ = writeln!(
+            s,
+            "bytes        {} verified of {} moved ({:.1} MB/s), {} corrupt connections",
             self.bytes_verified,
+            self.bytes_expected,
             self.bytes_verified as f64 / secs / 1e6,
             self.corrupt
         );
         let _ = writeln!(
             s,
-            "problems     {} failed, {} stuck, longest stall {:.1} s, left open {:?}",
+            "problems     {} failed, {} stuck, longest stall {:.1} s; tables empty after \
+{:.1} s of drain, left {:?}, {} server tasks left",
             self.failed,
             self.stuck,
             self.longest_stall.as_secs_f64(),
-            self.connections_left
+            self.drain.as_secs_f64(),
+            self.connections_left,
+            self.serving_left
         );
         for f in &self.failures {
             let _ = writeln!(s, "  failure: {f}");
+        }
+        for (k, n) in &self.failure_kinds {
+            let _ = writeln!(s, "  {n:>6} x {k}");
         }
         let r = &self.relay;
         let _ = writeln!(
@@ -299,24 +461,75 @@ impl SoakReport {
                 e.malformed
             );
         }
-        let mib = |k: u64| k as f64 / 1024.0;
+        let mib = |b: u64| b as f64 / 1048576.0;
+        match (self.heap_before, self.warm_sample(), self.end_sample()) {
+            (Some(before), Some(w), Some(e)) => {
+                let used = |x: &Sample| x.heap.saturating_sub(before);
+                let per = |x: &Sample| used(x) as f64 / 1024.0 / x.entries().max(1) as f64;
+                let _ = writeln!(
+                    s,
+                    "heap         {:.1} MiB at warm-up ({:.0} s, {} table entries, {:.1} KiB each), \
+{:.1} MiB at the end ({} entries, {:.1} KiB each; bound {:.1} MiB)",
+                    mib(used(w)),
+                    w.at.as_secs_f64(),
+                    w.entries(),
+                    per(w),
+                    mib(used(e)),
+                    e.entries(),
+                    per(e),
+                    mib(self.heap_end_bound().unwrap_or(0))
+                );
+                if let Some(after) = self.heap_after_drain {
+                    let left = after.saturating_sub(before);
+                    let peak = (self.peak_connections + self.peak_server_connections).max(1);
+                    let _ = writeln!(
+                        s,
+                        "             {:.1} MiB left after the drain ({:.2} KiB per peak entry, \
+{:.0} bytes per connection; bound {:.1} MiB)",
+                        mib(left),
+                        left as f64 / 1024.0 / peak as f64,
+                        left as f64 / self.completed.max(1) as f64,
+                        mib(self.heap_drained_bound())
+                    );
+                }
+            }
+            _ => {
+                let _ = writeln!(s, "heap         not counted (no CountingAlloc)");
+            }
+        }
         if let (Some(w), Some(e)) = (self.rss_after_warmup, self.rss_end) {
             let _ = writeln!(
                 s,
-                "memory       RSS {:.1} MiB after warm-up, {:.1} MiB at the end ({:+.1} MiB)",
-                mib(w),
-                mib(e),
+                "RSS          {:.1} MiB after warm-up, {:.1} MiB at the end ({:+.1} MiB)",
+                w as f64 / 1024.0,
+                e as f64 / 1024.0,
                 (e as f64 - w as f64) / 1024.0
             );
         }
-        let step = (self.rss.len() / 12).max(1);
-        let line: Vec<String> = self
-            .rss
-            .iter()
-            .step_by(step)
-            .map(|(t, k)| format!("{:.0}s:{:.0}", t.as_secs_f64(), mib(*k)))
-            .collect();
-        let _ = writeln!(s, "RSS MiB      {}", line.join(" "));
+        let _ = writeln!(
+            s,
+            "time         RSS MiB   heap MiB   client   server   open      done"
+        );
+        let step = (self.series.len() / 16).max(1);
+        let last = self.series.len().saturating_sub(1);
+        for (i, x) in self.series.iter().enumerate() {
+            if i % step == 0 || i == last {
+                let _ = writeln!(
+                    s,
+                    "{:>9.0} s {:>9.1} {:>10.1} {:>8} {:>8} {:>6} {:>9}",
+                    x.at.as_secs_f64(),
+                    x.rss_kib as f64 / 1024.0,
+                    mib(x.heap),
+                    x.client_conns,
+                    x.server_conns,
+                    x.open,
+                    x.completed
+                );
+            }
+        }
+        for p in self.memory_problems() {
+            let _ = writeln!(s, "  memory: {p}");
+        }
         let _ = writeln!(
             s,
             "result       {}",
@@ -324,6 +537,68 @@ impl SoakReport {
         );
         s
     }
+}
+
+/// A global allocator that counts the bytes live on the heap: install it with
+/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;` in a binary, and
+/// [`heap_bytes`] reads the count. The soak checks memory with it: RSS cannot tell
+/// memory in use from memory the system allocator keeps after a peak.
+#[derive(Debug)]
+pub struct CountingAlloc;
+
+static HEAP_LIVE: AtomicU64 = AtomicU64::new(0);
+static HEAP_COUNTED: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: every call goes to `System` unchanged; the counters are only bookkeeping.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is `System`'s.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            count_alloc(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            count_alloc(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { System.dealloc(ptr, layout) };
+        HEAP_LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            HEAP_LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+            count_alloc(new_size);
+        }
+        p
+    }
+}
+
+fn count_alloc(size: usize) {
+    HEAP_LIVE.fetch_add(size as u64, Ordering::Relaxed);
+    if !HEAP_COUNTED.load(Ordering::Relaxed) {
+        HEAP_COUNTED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Bytes live on the heap, when [`CountingAlloc`] is the global allocator (`None`
+/// otherwise).
+pub fn heap_bytes() -> Option<u64> {
+    HEAP_COUNTED
+        .load(Ordering::Relaxed)
+        .then(|| HEAP_LIVE.load(Ordering::Relaxed))
 }
 
 /// The resident set size of this process in KiB (`VmRSS` in `/proc/self/status`);
@@ -357,8 +632,10 @@ struct Counters {
     failed: AtomicU64,
     corrupt: AtomicU64,
     bytes_verified: AtomicU64,
+    bytes_expected: AtomicU64,
     stuck: AtomicU64,
     longest_stall_ms: AtomicU64,
+    serving: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -368,13 +645,14 @@ struct Ctx {
     config: SoakConfig,
     target: SocketAddr,
     client: UtpSocket,
+    server: UtpSocket,
     /// Per worker: milliseconds since `start` of its last progress, plus one; `IDLE`
     /// when it has no connection open.
     progress: Vec<AtomicU64>,
     /// Per worker: its current connection was already counted as stuck.
     flagged: Vec<AtomicBool>,
     counters: Counters,
-    failures: Mutex<Vec<String>>,
+    failures: Mutex<(Vec<String>, BTreeMap<String, u64>)>,
 }
 
 impl Ctx {
@@ -393,8 +671,17 @@ impl Ctx {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() < KEEP_FAILURES {
-            f.push(msg);
+        // The kind: the message without its details, digits masked.
+        let kind: String = msg
+            .split(" (")
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        *f.1.entry(kind).or_default() += 1;
+        if f.0.len() < KEEP_FAILURES {
+            f.0.push(msg);
         }
     }
 }
@@ -404,23 +691,53 @@ enum Failure {
     Io(String),
 }
 
+impl Failure {
+    /// Adds what the connection's statistics say, for the report.
+    fn with(self, stream: &UtpStream, started: Instant) -> Failure {
+        let s = stream.stats();
+        let detail = format!(
+            " (after {:.1} s: rtt {} ms, rto {} ms, {} timeouts, resends {} timeout + {} \
+dup-ack + {} sack + {} probe, {} packets sent, {} received, {} dropped)",
+            started.elapsed().as_secs_f64(),
+            s.rtt.as_millis(),
+            s.rto.as_millis(),
+            s.timeouts,
+            s.retransmits_timeout,
+            s.retransmits_dup_ack,
+            s.retransmits_sack,
+            s.retransmits_probe,
+            s.packets_sent,
+            s.packets_received,
+            s.packets_dropped
+        );
+        match self {
+            Failure::Corrupt(m) => Failure::Corrupt(m + &detail),
+            Failure::Io(m) => Failure::Io(m + &detail),
+        }
+    }
+}
+
 fn io_failure(what: &str) -> impl Fn(io::Error) -> Failure + '_ {
     move |e| Failure::Io(format!("{what}: {e}"))
 }
 
-fn soak_config(conns: usize) -> Config {
+fn soak_config(config: &SoakConfig) -> Config {
+    let conns = config.conns;
     let mut c = Config::default();
-    // Closed connections linger for a few seconds (longer after a backoff) and count
-    // against the limit: at hundreds of connections per second, leave room for them.
-    c.max_connections = conns * 32 + 8192;
+    // Closed connections linger (at least 8 s, longer after resends) and count against
+    // the limit: at thousands of connections per second, leave room for them. The
+    // tables grow as needed; the limit costs nothing.
+    c.max_connections = conns * 64 + 65_536;
     c.accept_queue = conns + 128;
     c.max_half_open = conns.clamp(64, 4096);
+    c.syn_retries = config.syn_retries;
     c
 }
 
 async fn run_async(config: SoakConfig) -> io::Result<SoakReport> {
-    let server = UtpSocket::bind_with_config("127.0.0.1:0", soak_config(config.conns)).await?;
-    let client = UtpSocket::bind_with_config("127.0.0.1:0", soak_config(config.conns)).await?;
+    let cfg = soak_config(&config);
+    let server = UtpSocket::bind_with_config("127.0.0.1:0", cfg.clone()).await?;
+    let client = UtpSocket::bind_with_config("127.0.0.1:0", cfg.clone()).await?;
     let direction = Direction::lossy(config.loss)
         .with_delay(config.delay)
         .with_jitter(config.jitter);
@@ -428,16 +745,18 @@ async fn run_async(config: SoakConfig) -> io::Result<SoakReport> {
         server.local_addr()?,
         Impairment::symmetric(direction, config.seed),
     )?;
+    let heap_before = heap_bytes();
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
         start,
         deadline: start + config.duration,
         target: relay.addr(),
         client: client.clone(),
+        server: server.clone(),
         progress: (0..config.conns).map(|_| AtomicU64::new(IDLE)).collect(),
         flagged: (0..config.conns).map(|_| AtomicBool::new(false)).collect(),
         counters: Counters::default(),
-        failures: Mutex::new(Vec::new()),
+        failures: Mutex::new((Vec::new(), BTreeMap::new())),
         config: config.clone(),
     });
 
@@ -465,10 +784,14 @@ async fn run_async(config: SoakConfig) -> io::Result<SoakReport> {
         let ramp = config.ramp.mul_f64(id as f64 / config.conns as f64);
         workers.spawn(worker(ctx.clone(), id, rng.fork(id as u64 + 1), ramp));
     }
-    // After the deadline, open connections get a grace period to finish.
+    // After the deadline, open connections get a grace period to finish, on both
+    // sides.
     let grace = config.stall * 2 + Duration::from_secs(5);
     let end = tokio::time::Instant::from_std(ctx.deadline + grace);
     while let Ok(Some(_)) = tokio::time::timeout_at(end, workers.join_next()).await {}
+    while ctx.counters.serving.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let hung = workers.len();
     workers.abort_all();
     if hung > 0 {
@@ -482,10 +805,22 @@ async fn run_async(config: SoakConfig) -> io::Result<SoakReport> {
             grace.as_secs_f64()
         )));
     }
+    let serving = ctx.counters.serving.load(Ordering::Relaxed);
+    if serving > 0 {
+        ctx.counters.stuck.fetch_add(serving, Ordering::Relaxed);
+        ctx.fail(Failure::Io(format!(
+            "server: {serving} connections still open {:.0} s after the deadline",
+            grace.as_secs_f64()
+        )));
+    }
     while workers.join_next().await.is_some() {}
 
-    // Let lingering connections go, then look at what is left.
-    let settle = tokio::time::Instant::now() + Duration::from_secs(15);
+    // Let lingering connections go, then look at what is left. A linger lasts at
+    // least 8 s and doubles with each FIN the peer resends, up to `max_timeout` (60 s);
+    // a connection whose peer vanished waits for its idle timeout (60 s). Past twice
+    // `max_timeout` (plus some), an entry is a leak.
+    let drain_start = tokio::time::Instant::now();
+    let settle = drain_start + cfg.max_timeout.max(cfg.idle_timeout) * 2 + Duration::from_secs(10);
     loop {
         let left = (client.connection_count(), server.connection_count());
         if left == (0, 0) || tokio::time::Instant::now() > settle {
@@ -493,34 +828,22 @@ async fn run_async(config: SoakConfig) -> io::Result<SoakReport> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let drain = drain_start.elapsed();
     accept.abort();
+    let heap_after_drain = heap_bytes();
     stop.store(true, Ordering::Relaxed);
     let samples = monitor
         .join()
         .map_err(|_| io::Error::other("the soak monitor panicked"))?;
 
-    let failures = ctx
+    let (failures, failure_kinds) = ctx
         .failures
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let c = &ctx.counters;
-    let warmup = config.warmup();
-    let rss_at = |t: Duration| {
-        samples
-            .rss
-            .iter()
-            .find(|(at, _)| *at >= t)
-            .or(samples.rss.last())
-            .map(|&(_, k)| k)
-    };
-    let rss_end = samples
-        .rss
-        .iter()
-        .rev()
-        .find(|(at, _)| *at <= config.duration)
-        .map(|&(_, k)| k);
-    Ok(SoakReport {
+    let mut report = SoakReport {
+        config: config.clone(),
         seed: config.seed,
         elapsed: start.elapsed(),
         completed: c.completed.load(Ordering::Relaxed),
@@ -528,35 +851,75 @@ async fn run_async(config: SoakConfig) -> io::Result<SoakReport> {
         failed: c.failed.load(Ordering::Relaxed),
         corrupt: c.corrupt.load(Ordering::Relaxed),
         bytes_verified: c.bytes_verified.load(Ordering::Relaxed),
+        bytes_expected: c.bytes_expected.load(Ordering::Relaxed),
         stuck: c.stuck.load(Ordering::Relaxed),
         longest_stall: Duration::from_millis(c.longest_stall_ms.load(Ordering::Relaxed)),
         failures,
-        rss_after_warmup: rss_at(warmup.min(config.duration)),
-        rss_end,
-        rss: samples.rss,
-        peak_connections: samples.peak_connections,
+        failure_kinds: failure_kinds.into_iter().collect(),
+        series: samples.series,
+        rss_after_warmup: None,
+        rss_end: None,
+        heap_before,
+        heap_after_drain,
+        peak_connections: samples.peak.0,
+        peak_server_connections: samples.peak.1,
+        drain,
         connections_left: (client.connection_count(), server.connection_count()),
+        serving_left: c.serving.load(Ordering::Relaxed),
         relay: relay.stats(),
         client_stats: client.stats(),
         server_stats: server.stats(),
-    })
+    };
+    report.rss_after_warmup = report.warm_sample().map(|s| s.rss_kib);
+    report.rss_end = report.end_sample().map(|s| s.rss_kib);
+    Ok(report)
 }
 
 struct Samples {
-    rss: Vec<(Duration, u64)>,
-    peak_connections: usize,
+    peak: (usize, usize),
+    series: Vec<Sample>,
+}
+
+/// One look at the run, taken every second by the monitor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Time since the start.
+    pub at: Duration,
+    /// Resident set size in KiB (0 where it cannot be read).
+    pub rss_kib: u64,
+    /// Bytes live on the heap ([`heap_bytes`]; 0 without [`CountingAlloc`]).
+    pub heap: u64,
+    /// Connections in the client socket's table (lingering ones included).
+    pub client_conns: usize,
+    /// Connections in the server socket's table.
+    pub server_conns: usize,
+    /// Workers with a connection open.
+    pub open: usize,
+    /// Connections completed so far (client view).
+    pub completed: u64,
+}
+
+impl Sample {
+    /// Entries of both connection tables.
+    pub fn entries(&self) -> usize {
+        self.client_conns + self.server_conns
+    }
 }
 
 fn monitor(ctx: &Ctx, stop: &AtomicBool) -> Samples {
     let mut samples = Samples {
-        rss: Vec::new(),
-        peak_connections: 0,
+        peak: (0, 0),
+        series: Vec::new(),
     };
-    let mut next_rss = Duration::ZERO;
+    let mut next_sample = Duration::ZERO;
     let mut next_line = ctx.config.progress;
     let stall_ms = ctx.config.stall.as_millis() as u64;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(250));
+    loop {
+        // One last sample after the stop, so the series ends with the drained tables.
+        let last = stop.load(Ordering::Relaxed);
+        if !last {
+            std::thread::sleep(Duration::from_millis(250));
+        }
         let now_ms = ctx.ms();
         let mut open = 0;
         for (id, p) in ctx.progress.iter().enumerate() {
@@ -573,31 +936,43 @@ fn monitor(ctx: &Ctx, stop: &AtomicBool) -> Samples {
                 ctx.counters.stuck.fetch_add(1, Ordering::Relaxed);
             }
         }
-        samples.peak_connections = samples.peak_connections.max(ctx.client.connection_count());
+        let tables = (ctx.client.connection_count(), ctx.server.connection_count());
+        samples.peak = (samples.peak.0.max(tables.0), samples.peak.1.max(tables.1));
         let t = ctx.start.elapsed();
-        if t >= next_rss {
-            if let Some(k) = rss_kib() {
-                samples.rss.push((t, k));
-            }
-            next_rss = t + Duration::from_secs(1);
+        if t >= next_sample || last {
+            samples.series.push(Sample {
+                at: t,
+                rss_kib: rss_kib().unwrap_or(0),
+                heap: heap_bytes().unwrap_or(0),
+                client_conns: tables.0,
+                server_conns: tables.1,
+                open,
+                completed: ctx.counters.completed.load(Ordering::Relaxed),
+            });
+            next_sample = t + Duration::from_secs(1);
         }
         if let Some(at) = next_line.filter(|at| t >= *at) {
             let c = &ctx.counters;
             eprintln!(
-                "soak {:>6.1}s: {open} open, {} in the client table, {} done, {:.1} MB verified, {} failed, {} corrupt, {} stuck, RSS {:.1} MiB",
+                "soak {:>6.1}s: {open} open, tables {} + {}, {} done, {:.1} MB verified, {} failed, \
+{} corrupt, {} stuck, heap {:.1} MiB, RSS {:.1} MiB",
                 t.as_secs_f64(),
-                ctx.client.connection_count(),
+                tables.0,
+                tables.1,
                 c.completed.load(Ordering::Relaxed),
                 c.bytes_verified.load(Ordering::Relaxed) as f64 / 1e6,
                 c.failed.load(Ordering::Relaxed),
                 c.corrupt.load(Ordering::Relaxed),
                 c.stuck.load(Ordering::Relaxed),
+                heap_bytes().unwrap_or(0) as f64 / 1048576.0,
                 rss_kib().unwrap_or(0) as f64 / 1024.0
             );
             next_line = ctx.config.progress.map(|p| at + p);
         }
+        if last {
+            return samples;
+        }
     }
-    samples
 }
 
 /// One worker: connections one after another until the deadline.
@@ -614,6 +989,9 @@ async fn worker(ctx: Arc<Ctx>, id: usize, mut rng: SimRng, delay: Duration) {
         match result {
             Ok(()) => {
                 ctx.counters.completed.fetch_add(1, Ordering::Relaxed);
+                ctx.counters
+                    .bytes_expected
+                    .fetch_add(2 * len, Ordering::Relaxed);
             }
             Err(f) => {
                 ctx.fail(f);
@@ -630,6 +1008,7 @@ fn reply_salt(salt: u64) -> u64 {
 }
 
 async fn client_connection(ctx: &Ctx, id: usize, salt: u64, len: u64) -> Result<(), Failure> {
+    let started = Instant::now();
     let mut stream = ctx
         .client
         .connect(ctx.target)
@@ -648,19 +1027,21 @@ async fn client_connection(ctx: &Ctx, id: usize, salt: u64, len: u64) -> Result<
     };
     let recv = read_verify(&mut r, reply_salt(salt), len, &touch, &ctx.counters);
     let (s, r) = tokio::join!(send, recv);
-    s?;
-    r?;
+    s.and(r).map_err(|f| f.with(&stream, started))?;
     drop(stream);
     Ok(())
 }
 
 async fn serve(ctx: Arc<Ctx>, mut stream: UtpStream) {
+    ctx.counters.serving.fetch_add(1, Ordering::Relaxed);
     if let Err(f) = serve_one(&ctx, &mut stream).await {
         ctx.fail(f);
     }
+    ctx.counters.serving.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn serve_one(ctx: &Ctx, stream: &mut UtpStream) -> Result<(), Failure> {
+    let started = Instant::now();
     let mut head = [0u8; HEADER];
     stream
         .read_exact(&mut head)
@@ -681,8 +1062,7 @@ async fn serve_one(ctx: &Ctx, stream: &mut UtpStream) -> Result<(), Failure> {
     };
     let recv = read_verify(&mut r, salt, len, &touch, &ctx.counters);
     let (s, r) = tokio::join!(send, recv);
-    s?;
-    r?;
+    s.and(r).map_err(|f| f.with(stream, started))?;
     ctx.counters
         .server_completed
         .fetch_add(1, Ordering::Relaxed);
