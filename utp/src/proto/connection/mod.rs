@@ -212,6 +212,9 @@ pub struct Connection {
     /// How many times a resend from the peer extended the linger (bounded by
     /// `max_retransmits`, so a peer cannot hold a closed connection forever).
     linger_extensions: u32,
+    /// When the linger was last extended: resends that arrive together (one round of
+    /// the peer's timer, or duplicates) extend it once.
+    linger_extended_at: Option<Instant>,
     /// A tail loss probe is due (its timer fired with data in flight).
     tail_probe_due: bool,
     /// A tail loss probe went out and no ACK made progress since.
@@ -336,6 +339,7 @@ impl Connection {
             peer_finished: false,
             linger_period: Duration::ZERO,
             linger_extensions: 0,
+            linger_extended_at: None,
             app_closed: false,
             tail_probe_due: false,
             tail_probe_sent: false,
@@ -583,7 +587,11 @@ impl Connection {
                     // acknowledge again a FIN whose ACK the peer missed (libutp bug L5).
                     if !self.peer_finished {
                         self.handle_data(now, pkt);
-                    } else if self.linger_extensions < self.config.max_retransmits {
+                    } else if self.linger_extensions < self.config.max_retransmits
+                        && self
+                            .linger_extended_at
+                            .is_none_or(|at| now - at >= self.config.min_timeout)
+                    {
                         // The peer missed our last ACK and resent its data or FIN after
                         // a backed-off timeout: stay for its next resend too (TCP's
                         // TIME_WAIT restarts the same way), or one more lost ACK turns
@@ -594,6 +602,7 @@ impl Connection {
                             .min(self.config.max_timeout.max(Duration::from_secs(8)));
                         self.timers.set(Timer::Linger, now + self.linger_period);
                         self.linger_extensions += 1;
+                        self.linger_extended_at = Some(now);
                     }
                     self.ack_due = true;
                 }
@@ -800,6 +809,9 @@ impl Connection {
             }
         }
 
+        if let Some(sample) = rtt_sample {
+            self.rtt.on_sample(sample);
+        }
         if cumulative_progress {
             self.dup_acks = 0;
         }
@@ -881,11 +893,16 @@ impl Connection {
         } else {
             self.bytes_in_flight -= len;
         }
-        // Karn's rule (G42): only packets sent exactly once give an RTT sample.
+        // Karn's rule (G42): only packets sent exactly once give an RTT sample. Of the
+        // packets one ACK covers, only the most recently sent counts: the ACK was
+        // drawn by it. An older packet waited behind a hole (its ACK came only when a
+        // resend filled it) and would take the resend's timeout for a round trip,
+        // inflating the RTO until a peer's linger runs out before our next resend.
         if let Some(sent) = once_sent_at {
             let sample = now - sent;
-            self.rtt.on_sample(sample);
-            *rtt_sample = Some(sample);
+            if rtt_sample.is_none_or(|best| sample < best) {
+                *rtt_sample = Some(sample);
+            }
         }
         Some(len)
     }

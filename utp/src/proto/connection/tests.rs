@@ -611,6 +611,37 @@ fn adaptive_packet_size_follows_the_window() {
     }
 }
 
+// G42 with Karn's rule: one ACK that covers packets sent at different times gives one
+// RTT sample, from the most recent of them. Here the ACKs of four packets sent 400 ms
+// earlier were lost; counting them as 410 ms round trips would pull the smoothed RTT
+// (and the RTO) up, so far that a peer's linger could run out before our next resend.
+/// Covers: G42
+#[test]
+fn one_ack_gives_one_rtt_sample_from_its_newest_packet() {
+    let mut s = Script::new(Config {
+        congestion: CongestionConfig::Fixed(8 * 1380),
+        tail_loss_probe: false,
+        ..Config::default()
+    });
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    let before = s.conn(h).stats().rtt;
+    let now = s.now;
+    s.ep.write(now, h, &[1u8; 4 * 1380]).unwrap();
+    assert_eq!(s.sent().len(), 4);
+    s.advance(Duration::from_millis(400));
+    let now = s.now;
+    s.ep.write(now, h, &[2u8; 4 * 1380]).unwrap();
+    assert_eq!(s.sent().len(), 4);
+    s.advance(Duration::from_millis(10));
+    let ack = s.header(PacketType::State, 1, 100, 18);
+    s.recv(ack, &[], &[]);
+    let rtt = s.conn(h).stats().rtt;
+    assert!(
+        rtt <= before.max(Duration::from_millis(10)),
+        "smoothed RTT {rtt:?} (was {before:?}): only the 10 ms sample counts"
+    );
+}
+
 // ===== Connected: sending ==========================================================
 
 // C19, C20, E33, E36: data packets carry payload, STATEs do not consume a seq_nr, the
