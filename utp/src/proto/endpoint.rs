@@ -304,9 +304,16 @@ impl Endpoint {
                 .or_else(|| self.by_send_id.get(&(from, key)))
                 .copied();
             if let Some(idx) = old {
-                let replaceable = self.slots[idx as usize]
+                let mut replaceable = self.slots[idx as usize]
                     .as_ref()
                     .is_some_and(|s| s.conn.replaceable_by(syn));
+                if !replaceable {
+                    // The connection may only wait for ACKs the peer, who moved on,
+                    // will never send: it then ends (reporting how) and makes room.
+                    let mut superseded = false;
+                    self.with_conn(idx, |c| superseded = c.supersede_by(now, syn));
+                    replaceable = superseded;
+                }
                 if replaceable {
                     self.stats.connections_replaced += 1;
                     let was_half_open = self.slots[idx as usize]

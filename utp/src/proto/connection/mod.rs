@@ -465,6 +465,38 @@ impl Connection {
         }
     }
 
+    /// A new SYN from the same peer with the same ids and another seq_nr, while this
+    /// connection only waits for the peer to acknowledge our last packets: the peer
+    /// has finished (its FIN arrived), nothing is left for the application to read,
+    /// and the peer has evidently forgotten the connection (it lingered and let go
+    /// while every ACK it sent us was lost). Ends the connection so the SYN can open a
+    /// new one; returns whether it did. The end is clean when only our FIN was
+    /// unacknowledged (as with a RESET after our FIN, X3), `Reset` when data was.
+    /// Without it, the old connection would swallow the SYN and every resend of it:
+    /// the peer's connect would time out (seen in the soak, with thousands of
+    /// connections between two addresses reusing ids).
+    pub(crate) fn supersede_by(&mut self, now: Instant, syn: &Packet<'_>) -> bool {
+        // Only once our FIN is out: a spoofed SYN (which needs only the 16-bit id)
+        // can then end nothing but the wait for the last ACKs, never a transfer.
+        let waiting_for_acks = self.state == State::FinSent;
+        let nothing_to_read = self.app_closed || self.recv.readable() == 0;
+        if !(waiting_for_acks
+            && self.peer_finished
+            && nothing_to_read
+            && syn.header.seq_nr != self.peer_syn_seq)
+        {
+            return false;
+        }
+        let fin_done = match self.fin {
+            FinState::Acked => true,
+            FinState::Sent(seq) => self.send.oldest_seq() == seq,
+            _ => false,
+        };
+        let error = (!fin_done).then_some(ConnectionError::Reset);
+        self.terminate(now, error, false);
+        true
+    }
+
     /// Whether the connection is an incoming one still half open.
     pub(crate) fn is_half_open(&self) -> bool {
         self.state == State::SynReceived

@@ -500,6 +500,64 @@ fn colliding_syn_is_ignored() {
     assert_eq!(s.conn(h).state(), State::Connected);
 }
 
+// D32 in the soak: the peer finished, we sent our FIN, and every ACK of the peer was
+// lost until it stopped lingering and forgot the connection. Its next connection picks
+// the same id: that SYN (another seq_nr) must open a new connection, not vanish into
+// the old one, which ends (cleanly if only our FIN was unacknowledged, with `Reset` if
+// data was). Before our FIN is out, the same SYN is ignored (D32).
+/// Covers: D32, X3
+#[test]
+fn syn_with_the_ids_of_a_connection_the_peer_forgot_replaces_it() {
+    for data_unacked in [false, true] {
+        let mut s = Script::fixed();
+        let h = connected_acceptor(&mut s, 77, 100, 5000);
+        let fin = s.header(PacketType::Fin, 78, 101, 4999);
+        s.recv(fin, &[], &[]);
+        assert!(s.has_event(h, Event::Finished));
+        let now = s.now;
+        let mut buf = [0u8; 8];
+        assert_eq!(s.ep.read(now, h, &mut buf), Ok(0));
+        // Still sending: a new SYN with the same id is a collision and is ignored.
+        s.ep.write(now, h, b"abc").unwrap();
+        let sent = s.sent();
+        assert!(sent.iter().any(|o| o.h.ty == PacketType::Data));
+        let early = s.header(PacketType::Syn, 77, 900, 0);
+        s.recv(early, &[], &[]);
+        assert!(
+            s.sent().is_empty(),
+            "ignored while our data is still going out"
+        );
+        assert!(!s
+            .events
+            .iter()
+            .any(|(hh, e)| *hh == h && matches!(e, Event::Closed(_))));
+        if !data_unacked {
+            let ack = s.header(PacketType::State, 78, 102, 5000);
+            s.recv(ack, &[], &[]);
+        }
+        let now = s.now;
+        s.ep.shutdown(now, h).unwrap();
+        assert!(s.sent().iter().any(|o| o.h.ty == PacketType::Fin));
+        // The peer has forgotten us and connects again with the same id.
+        s.ep.isn_override = Some(7000);
+        let syn = s.header(PacketType::Syn, 77, 900, 0);
+        s.recv(syn, &[], &[]);
+        let out = s.sent();
+        assert!(
+            out.iter()
+                .any(|o| o.h.ty == PacketType::State && o.h.ack_nr == SeqNr(900)),
+            "the new SYN is answered: {out:?}"
+        );
+        let want = if data_unacked {
+            Event::Closed(Some(ConnectionError::Reset))
+        } else {
+            Event::Closed(None)
+        };
+        assert!(s.has_event(h, want), "{:?}", s.events);
+        assert_eq!(s.ep.stats().connections_replaced, 1);
+    }
+}
+
 // D32, L4 across the wrap: our connection has recv id 0xFFFF and send id 0x0000. A
 // SYN with id 0xFFFF (which would give a connection recv id 0x0000, send id 0xFFFF) and
 // one with id 0xFFFE (recv id 0xFFFF) both collide and are ignored; id 0x0001 (recv id
