@@ -30,7 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use utp::wire::{DecodeError, Packet, PacketType, SeqNr};
+use utp::wire::{DecodeError, Micros, Packet, PacketType, SeqNr};
 
 use crate::trace::{Capture, Datagram};
 
@@ -160,10 +160,10 @@ struct Direction {
     sent: VecDeque<(SeqNr, u32)>,
     /// The latest timestamp from this side in capture order (the reference for `A7`),
     /// and when it was captured.
-    latest_stamp: Option<(u32, Duration)>,
+    latest_stamp: Option<(Micros, Duration)>,
     /// The highest cumulative ack_nr from this side, with the timestamp and capture
     /// time of the first packet that carried it (the reference for `A11`).
-    acked: Option<(SeqNr, u32, Duration)>,
+    acked: Option<(SeqNr, Micros, Duration)>,
     /// When the capture last saw a packet from this side.
     last_seen: Option<Duration>,
 }
@@ -370,9 +370,9 @@ fn check_packet(
     let dir = &mut c.dirs[me];
     match dir.latest_stamp {
         Some((latest, at)) if d.time.saturating_sub(at) < STAMPS_COMPARABLE => {
-            let behind = latest.wrapping_sub(h.timestamp.0) as i32;
+            let behind = latest.distance(h.timestamp);
             if behind <= 0 {
-                dir.latest_stamp = Some((h.timestamp.0, d.time));
+                dir.latest_stamp = Some((h.timestamp, d.time));
             } else {
                 let allowed = options.reordering.get(&d.src).copied();
                 if allowed.is_some_and(|a| u128::from(behind as u32) <= a.as_micros()) {
@@ -386,14 +386,17 @@ fn check_packet(
                         report,
                         frame,
                         "A7",
-                        format!("{ty:?} timestamp {ts}: {behind} µs behind {latest}{allows}"),
+                        format!(
+                            "{ty:?} timestamp {ts}: {behind} µs behind {}{allows}",
+                            latest.0
+                        ),
                     );
                     // Judge what follows against this packet: one report per step back.
-                    dir.latest_stamp = Some((h.timestamp.0, d.time));
+                    dir.latest_stamp = Some((h.timestamp, d.time));
                 }
             }
         }
-        _ => dir.latest_stamp = Some((h.timestamp.0, d.time)),
+        _ => dir.latest_stamp = Some((h.timestamp, d.time)),
     }
 
     // X10: never acknowledge what the other side has not sent.
@@ -526,18 +529,18 @@ fn check_ack_order(
     silent_for: Duration,
 ) {
     let Some((highest, stamp, at)) = dir.acked else {
-        dir.acked = Some((h.ack_nr, h.timestamp.0, d.time));
+        dir.acked = Some((h.ack_nr, h.timestamp, d.time));
         return;
     };
     if h.ack_nr.is_after(highest) {
-        dir.acked = Some((h.ack_nr, h.timestamp.0, d.time));
+        dir.acked = Some((h.ack_nr, h.timestamp, d.time));
         return;
     }
     if h.ack_nr == highest {
         return;
     }
-    let sent_before = d.time.saturating_sub(at) < STAMPS_COMPARABLE
-        && stamp.wrapping_sub(h.timestamp.0) as i32 >= 0;
+    let sent_before =
+        d.time.saturating_sub(at) < STAMPS_COMPARABLE && stamp.distance(h.timestamp) >= 0;
     if sent_before {
         return; // reordered; A7 judges by how much
     }
@@ -557,12 +560,12 @@ fn check_ack_order(
         ),
     );
     // Judge what follows against this packet: one report per step back.
-    dir.acked = Some((h.ack_nr, h.timestamp.0, d.time));
+    dir.acked = Some((h.ack_nr, h.timestamp, d.time));
 }
 
 #[cfg(test)]
 mod tests {
-    use utp::wire::{encode, Extension, Header, Micros, SelectiveAck};
+    use utp::wire::{encode, Extension, Header, SelectiveAck};
 
     use super::*;
 

@@ -35,6 +35,17 @@ struct Link {
     header: fn(bool) -> Vec<u8>,
 }
 
+/// An Ethernet II header between two fixed MACs, carrying `ether_type`.
+fn ethernet(ether_type: EtherType) -> Vec<u8> {
+    Ethernet2Header {
+        source: [2, 0, 0, 0, 0, 1],
+        destination: [2, 0, 0, 0, 0, 2],
+        ether_type,
+    }
+    .to_bytes()
+    .to_vec()
+}
+
 fn ether_type(v6: bool) -> EtherType {
     if v6 {
         EtherType::IPV6
@@ -59,28 +70,14 @@ fn links() -> Vec<Link> {
             name: "Ethernet",
             datalink: DataLink::ETHERNET,
             carries: BOTH,
-            header: |v6| {
-                Ethernet2Header {
-                    source: [2, 0, 0, 0, 0, 1],
-                    destination: [2, 0, 0, 0, 0, 2],
-                    ether_type: ether_type(v6),
-                }
-                .to_bytes()
-                .to_vec()
-            },
+            header: |v6| ethernet(ether_type(v6)),
         },
         Link {
             name: "Ethernet with a VLAN tag",
             datalink: DataLink::ETHERNET,
             carries: BOTH,
             header: |v6| {
-                let mut h = Ethernet2Header {
-                    source: [2, 0, 0, 0, 0, 1],
-                    destination: [2, 0, 0, 0, 0, 2],
-                    ether_type: EtherType::VLAN_TAGGED_FRAME,
-                }
-                .to_bytes()
-                .to_vec();
+                let mut h = ethernet(EtherType::VLAN_TAGGED_FRAME);
                 let vlan = SingleVlanHeader {
                     vlan_id: VlanId::try_new(42).unwrap(),
                     ether_type: ether_type(v6),
@@ -428,13 +425,7 @@ fn frames_without_a_udp_datagram_are_skipped() {
             .find(|l| l.name.starts_with(name))
             .unwrap()
     };
-    let mut tcp = Ethernet2Header {
-        source: [2, 0, 0, 0, 0, 1],
-        destination: [2, 0, 0, 0, 0, 2],
-        ether_type: EtherType::IPV4,
-    }
-    .to_bytes()
-    .to_vec();
+    let mut tcp = ethernet(EtherType::IPV4);
     PacketBuilder::ipv4([192, 0, 2, 1], [198, 51, 100, 2], 64)
         .tcp(6881, 51413, 1, 1000)
         .write(&mut tcp, &p)

@@ -194,25 +194,19 @@ fn ledbat_yields_to_tcp_and_takes_the_capacity_back() {
     );
 }
 
-/// Sizes of the DATA packets in a run's pcap (raw IPv4/UDP records), in bytes of uTP.
+/// Sizes of the DATA packets in a run's pcap, in bytes of uTP (read with the
+/// conformance suite's trace reader).
 fn data_packet_sizes(pcap: &[u8]) -> Vec<usize> {
-    let mut sizes = Vec::new();
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let rec = &pcap[at + 16..at + 16 + caplen];
-        at += 16 + caplen;
-        if rec.first().is_some_and(|v| v >> 4 == 4) {
-            let ihl = usize::from(rec[0] & 0x0f) * 4;
-            let utp = &rec[ihl + 8..];
-            if let Ok(p) = utp::wire::Packet::decode(utp) {
-                if p.header.ty == utp::wire::PacketType::Data {
-                    sizes.push(utp.len());
-                }
-            }
-        }
-    }
-    sizes
+    let capture = utp_conformance::trace::parse(pcap).expect("the run's pcap reads");
+    capture
+        .datagrams
+        .iter()
+        .filter(|d| {
+            utp::wire::Packet::decode(&d.payload)
+                .is_ok_and(|p| p.header.ty == utp::wire::PacketType::Data)
+        })
+        .map(|d| d.payload.len())
+        .collect()
 }
 
 /// H49, BEP 29's packet size by rate (`adaptive_packet_size`, on in the `bep29_text`

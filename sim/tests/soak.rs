@@ -41,7 +41,7 @@ fn short_soak_every_byte_intact_nothing_stuck_memory_flat() {
         r.failure_kinds, r.failures
     );
     assert!(
-        r.close_residue * 10_000 <= r.completed.max(10_000),
+        r.residue_within_bound(),
         "{} closes ended in an error after all data arrived: {:?}",
         r.close_residue,
         r.failures

@@ -310,9 +310,13 @@ impl Endpoint {
                 if !replaceable {
                     // The connection may only wait for ACKs the peer, who moved on,
                     // will never send: it then ends (reporting how) and makes room.
-                    let mut superseded = false;
-                    self.with_conn(idx, |c| superseded = c.supersede_by(now, syn));
-                    replaceable = superseded;
+                    replaceable = self.slots[idx as usize]
+                        .as_mut()
+                        .is_some_and(|s| s.conn.supersede_by(now, syn));
+                    if replaceable {
+                        // Hands its Closed event to the application before the slot goes.
+                        self.update(idx, false);
+                    }
                 }
                 if replaceable {
                     self.stats.connections_replaced += 1;

@@ -273,6 +273,14 @@ impl Pair {
             .map(|(_, h, _)| *h)
     }
 
+    /// How many events of this kind `side` has seen.
+    pub fn count_events(&self, side: Side, want: Event) -> usize {
+        self.events
+            .iter()
+            .filter(|(s, _, e)| *s == side && *e == want)
+            .count()
+    }
+
     /// Connects A to B and runs until both see the connection; returns (A's, B's).
     pub fn establish(&mut self) -> (ConnectionHandle, ConnectionHandle) {
         let ha = self.connect();

@@ -29,11 +29,17 @@ use crate::wire::{self, Extension, Header, Micros, Packet, PacketType, Selective
 use recv_buffer::{Insert, RecvBuffer};
 use rtt::RttEstimator;
 use send_buffer::{SendBuffer, MAX_IN_FLIGHT};
+use timer::{Timer, TimerTable};
 
 /// The smallest payload `adaptive_packet_size` shrinks packets to: with the 20-byte
 /// header, BEP 29's smallest packet of 150 bytes.
 const SMALLEST_PAYLOAD: usize = 130;
-use timer::{Timer, TimerTable};
+
+/// The shortest linger after a close. A peer whose last ACK from us was lost resends
+/// after its RTO (libutp: at least 1 s, on a 500 ms tick) and backs off, at +1, +3 and
+/// +7 s: 8 s waits through three lost resends, and each resend that does arrive
+/// doubles the stay.
+const MIN_LINGER: Duration = Duration::from_secs(8);
 
 /// Longest selective-ACK bitmask we send: an extension body holds at most 255 bytes,
 /// and BEP 29 asks for a multiple of 4.
@@ -206,8 +212,8 @@ pub struct Connection {
     recv: RecvBuffer,
     peer_finished: bool,
     app_closed: bool,
-    /// How long the current linger lasts; doubles with every FIN the peer resends,
-    /// as its retransmission timer backs off.
+    /// How long the current linger lasts; doubles with every round of resends from
+    /// the peer, as its retransmission timer backs off.
     linger_period: Duration,
     /// How many times a resend from the peer extended the linger (bounded by
     /// `max_retransmits`, so a peer cannot hold a closed connection forever).
@@ -487,14 +493,19 @@ impl Connection {
         {
             return false;
         }
-        let fin_done = match self.fin {
+        let error = (!self.all_but_fin_acked()).then_some(ConnectionError::Reset);
+        self.terminate(now, error, false);
+        true
+    }
+
+    /// Whether our FIN is out and everything before it acknowledged: only the FIN
+    /// itself may still wait for its ACK.
+    fn all_but_fin_acked(&self) -> bool {
+        match self.fin {
             FinState::Acked => true,
             FinState::Sent(seq) => self.send.oldest_seq() == seq,
             _ => false,
-        };
-        let error = (!fin_done).then_some(ConnectionError::Reset);
-        self.terminate(now, error, false);
-        true
+        }
     }
 
     /// Whether the connection is an incoming one still half open.
@@ -631,7 +642,7 @@ impl Connection {
                         self.linger_period = self
                             .linger_period
                             .saturating_mul(2)
-                            .min(self.config.max_timeout.max(Duration::from_secs(8)));
+                            .min(self.config.max_timeout.max(MIN_LINGER));
                         self.timers.set(Timer::Linger, now + self.linger_period);
                         self.linger_extensions += 1;
                         self.linger_extended_at = Some(now);
@@ -778,12 +789,7 @@ impl Connection {
         self.stats.packets_received += 1;
         // Checklist X3: a RESET after our FIN, with all our data delivered, ends the
         // close, provided we are not still missing the peer's data (or no longer want it).
-        let fin_done = match self.fin {
-            FinState::Acked => true,
-            FinState::Sent(seq) => self.send.oldest_seq() == seq,
-            _ => false,
-        };
-        if fin_done && (self.peer_finished || self.app_closed) {
+        if self.all_but_fin_acked() && (self.peer_finished || self.app_closed) {
             self.fin = FinState::Acked;
             self.terminate(now, None, false);
         } else {
@@ -1192,9 +1198,7 @@ impl Connection {
         // If that RESET was lost, resent FINs get no answer. A STATE with the next
         // seq_nr asks anew (its RESET acks our FIN and ends the close, X3); a live peer
         // takes it as a plain ACK.
-        if self.peer_finished
-            && matches!(self.fin, FinState::Sent(seq) if self.send.oldest_seq() == seq)
-        {
+        if self.peer_finished && matches!(self.fin, FinState::Sent(_)) && self.all_but_fin_acked() {
             self.fin_state_probe_due = true;
         }
     }
@@ -1549,15 +1553,11 @@ impl Connection {
             self.state = State::Linger;
             self.events.push_back(Event::Closed(None));
             self.timers.stop_all();
-            // At least 8 s: a peer whose last ACK from us was lost resends after its
-            // RTO (libutp: at least 1 s, on a 500 ms tick) and backs off, at +1, +3 and
-            // +7 s; 8 s waits through three lost resends, and each resend that does
-            // arrive doubles the stay (above).
             self.linger_period = self
                 .rtt
                 .rto()
                 .saturating_mul(self.config.linger_rtos)
-                .max(Duration::from_secs(8));
+                .max(MIN_LINGER);
             self.timers.set(Timer::Linger, now + self.linger_period);
         }
     }
