@@ -537,7 +537,8 @@ impl CongestionController for Ledbat {
             ledbat_cwnd = old + self.ledbat_delta(queuing_delay, acked);
         }
 
-        let mut cwnd = if self.slow_start {
+        let slow_starting = self.slow_start;
+        let mut cwnd = if slow_starting {
             // Slow start: cwnd += bytes_acked doubles the window every round trip; like
             // libutp, never less than LEDBAT's own proposal, and it ends at ssthresh.
             let ss = old + acked;
@@ -551,8 +552,15 @@ impl CongestionController for Ledbat {
         if cwnd > old {
             // RFC 6817: max_allowed_cwnd = flightsize + ALLOWED_INCREASE * MSS. It only
             // limits growth here: it never shrinks a window the sender is not using.
-            let allowed =
-                ack.flight_size as f64 + self.config.allowed_increase_packets * self.mss as f64;
+            // In slow start the ACK's own bytes are the allowance instead, when larger
+            // (as Linux's `tcp_is_cwnd_limited` lets slow start grow to twice the
+            // flight): a full window acknowledged two packets at a time by delayed ACKs
+            // would otherwise grow by one MSS per ACK, 1.5 times per round trip.
+            let mut increase = self.config.allowed_increase_packets * self.mss as f64;
+            if slow_starting {
+                increase = increase.max(acked);
+            }
+            let allowed = ack.flight_size as f64 + increase;
             cwnd = cwnd.min(allowed.max(old));
         }
         // RFC 6817: cwnd = max(cwnd, MIN_CWND * MSS) on every ACK.
@@ -733,6 +741,31 @@ mod tests {
         assert!(cc.in_slow_start());
         assert_eq!(cc.queuing_delay(), None);
         assert_eq!(cc.base_delay(), None);
+    }
+
+    #[test]
+    fn slow_start_doubles_per_rtt_with_delayed_acks_and_only_while_the_window_is_used() {
+        let mut sim = Sim::new(LedbatConfig::default(), MSS);
+        let sample = Some(BASE);
+        // A full window acknowledged two packets per ACK (delayed ACKs), as a window-
+        // limited sender sees it: the flight before each ACK is the whole window.
+        for _ in 0..5 {
+            let start = sim.cc.window();
+            for _ in 0..start / (2 * MSS) {
+                sim.now += RTT / 32;
+                let flight = sim.cc.window();
+                sim.ack(2 * MSS, flight, sample, RTT);
+            }
+            assert!(sim.cc.in_slow_start());
+            assert_eq!(sim.cc.window(), 2 * start, "doubles per round trip");
+        }
+        // An application-limited sender (four packets in flight) grows no further than
+        // the flight plus what the ACK acknowledged.
+        let window = sim.cc.window();
+        for _ in 0..10 {
+            sim.ack(2 * MSS, 4 * MSS, sample, RTT);
+        }
+        assert_eq!(sim.cc.window(), window, "an unused window does not grow");
     }
 
     /// Covers: I52, I53, I55
