@@ -4,6 +4,12 @@
 //! serialiser finishing a packet, a packet arriving at the end of a link, a node's
 //! timer, a scheduled change of a link, and a metrics sample. Ties are broken by the
 //! order in which events were scheduled, so a run is a pure function of its inputs.
+//!
+//! The sources that always have at most one next event and move it with nearly every
+//! packet (each node's timer, each link's serialiser and the head of each link's wire)
+//! keep it in a [`Calendar`] slot; one-off events (a packet that overtakes on the wire,
+//! a duplicate, a link change, a sample) go to the event heap. The next event is the
+//! earlier of the two heads.
 
 use core::time::Duration;
 use std::cmp::Reverse;
@@ -13,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use utp::Instant;
 
+use crate::calendar::Calendar;
 use crate::link::{Link, LinkConfig, Offer, IP_UDP_OVERHEAD};
 use crate::pcap::PcapWriter;
 
@@ -82,17 +89,33 @@ impl Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
+/// A one-off event, in the event heap.
 #[derive(Debug)]
 enum Ev {
-    TxDone(LinkId),
+    /// A packet that overtook the wire's order (or a duplicate) arrives.
     Arrive {
         pkt: usize,
     },
-    /// The packet at the head of a link's in-order wire arrives.
-    WireHead(LinkId),
-    Timer(NodeId),
     Change(usize),
     Sample,
+}
+
+/// What a [`Calendar`] slot stands for.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The node's timer.
+    Timer(NodeId),
+    /// The link's serialiser finishes the packet in service.
+    TxDone(LinkId),
+    /// The packet at the head of the link's in-order wire arrives.
+    WireHead(LinkId),
+}
+
+/// A link's two calendar slots.
+#[derive(Clone, Copy, Debug)]
+struct LinkSlots {
+    tx_done: usize,
+    wire_head: usize,
 }
 
 /// A change of a link scheduled at a point in time.
@@ -123,16 +146,19 @@ struct Packet {
 pub struct Network {
     now: Instant,
     nodes: Vec<Box<dyn Node>>,
-    node_deadline: Vec<Option<Instant>>,
-    /// The earliest timer event queued for each node (at most one is kept early
-    /// enough; later deadlines are re-armed when it fires).
-    node_timer_queued: Vec<Option<Instant>>,
+    /// Each node's timer slot in `calendar`.
+    node_slot: Vec<usize>,
+    /// Each link's slots in `calendar`.
+    link_slots: Vec<LinkSlots>,
+    /// What each calendar slot stands for.
+    sources: Vec<Source>,
+    calendar: Calendar,
     hosts: FastMap<IpAddr, NodeId>,
     /// The links, for inspection.
     pub links: Vec<Link>,
     /// Per link, packets propagating in order of arrival (the common case: no
-    /// reordering). Only the head has an event in the heap, which keeps the heap small;
-    /// a packet that would overtake goes to the heap as an `Arrive` event instead.
+    /// reordering). Only the head is scheduled (its calendar slot); a packet that would
+    /// overtake goes to the heap as an `Arrive` event instead.
     wires: Vec<VecDeque<(Instant, usize)>>,
     routes: Vec<Vec<LinkId>>,
     route_of: FastMap<(NodeId, NodeId), usize>,
@@ -161,8 +187,10 @@ impl Network {
         Network {
             now: start,
             nodes: Vec::new(),
-            node_deadline: Vec::new(),
-            node_timer_queued: Vec::new(),
+            node_slot: Vec::new(),
+            link_slots: Vec::new(),
+            sources: Vec::new(),
+            calendar: Calendar::default(),
             hosts: FastMap::default(),
             links: Vec::new(),
             wires: Vec::new(),
@@ -194,8 +222,8 @@ impl Network {
     pub fn add_node(&mut self, ip: IpAddr, node: Box<dyn Node>) -> NodeId {
         let id = self.nodes.len();
         self.nodes.push(node);
-        self.node_deadline.push(None);
-        self.node_timer_queued.push(None);
+        let slot = self.add_source(Source::Timer(id));
+        self.node_slot.push(slot);
         self.hosts.insert(ip, id);
         self.wake(id);
         id
@@ -203,9 +231,22 @@ impl Network {
 
     /// Adds a link; returns its id.
     pub fn add_link(&mut self, link: Link) -> LinkId {
+        let id = self.links.len();
         self.links.push(link);
         self.wires.push(VecDeque::new());
-        self.links.len() - 1
+        let slots = LinkSlots {
+            tx_done: self.add_source(Source::TxDone(id)),
+            wire_head: self.add_source(Source::WireHead(id)),
+        };
+        self.link_slots.push(slots);
+        id
+    }
+
+    fn add_source(&mut self, source: Source) -> usize {
+        let slot = self.calendar.add_slot();
+        debug_assert_eq!(slot, self.sources.len());
+        self.sources.push(source);
+        slot
     }
 
     /// Packets from `from` to `to` cross `links`, in order.
@@ -262,18 +303,53 @@ impl Network {
         self.events.push(Reverse((at, self.order, slot)));
     }
 
+    /// Makes calendar `slot` due at `at`, ordered after everything scheduled so far.
+    fn schedule(&mut self, slot: usize, at: Instant) {
+        self.order += 1;
+        self.calendar.set(slot, (at, self.order));
+    }
+
+    /// When the next event is due, and whether it is the event heap's (else the
+    /// calendar's).
+    fn next_due(&self) -> Option<(Instant, bool)> {
+        let heap = self
+            .events
+            .peek()
+            .map(|Reverse((at, order, _))| (*at, *order));
+        let cal = self.calendar.peek().map(|(due, _)| due);
+        match (heap, cal) {
+            (Some(h), Some(c)) if h < c => Some((h.0, true)),
+            (_, Some(c)) => Some((c.0, false)),
+            (Some(h), None) => Some((h.0, true)),
+            (None, None) => None,
+        }
+    }
+
+    /// Carries out the next event, due at `at`, from the heap or the calendar.
+    fn step(&mut self, at: Instant, from_heap: bool) {
+        self.now = self.now.max(at);
+        if from_heap {
+            let Some(Reverse((_, _, slot))) = self.events.pop() else {
+                return;
+            };
+            let ev = self.event_slots[slot].take().expect("event slot");
+            self.free_events.push(slot);
+            self.dispatch(ev);
+        } else if let Some((_, slot)) = self.calendar.peek() {
+            // The slot stays in place while it fires: its source re-schedules or
+            // clears it, one re-sort instead of two.
+            self.fire(slot);
+        }
+    }
+
     /// Runs until `end` or until nothing is left to happen; returns whether events remain.
     pub fn run_until(&mut self, end: Instant) -> bool {
-        while let Some(&Reverse((at, _, slot))) = self.events.peek() {
+        while let Some((at, from_heap)) = self.next_due() {
             if at > end {
                 self.now = end;
                 return true;
             }
-            self.events.pop();
-            self.now = self.now.max(at);
-            let ev = self.event_slots[slot].take().expect("event slot");
-            self.free_events.push(slot);
-            self.dispatch(ev);
+            self.step(at, from_heap);
         }
         false
     }
@@ -281,16 +357,12 @@ impl Network {
     /// Runs until `done` holds (checked after each event), `end` passes, or nothing is
     /// left; returns whether `done` held.
     pub fn run_while(&mut self, end: Instant, mut done: impl FnMut(&Network) -> bool) -> bool {
-        while let Some(&Reverse((at, _, slot))) = self.events.peek() {
+        while let Some((at, from_heap)) = self.next_due() {
             if at > end {
                 self.now = end;
                 return done(self);
             }
-            self.events.pop();
-            self.now = self.now.max(at);
-            let ev = self.event_slots[slot].take().expect("event slot");
-            self.free_events.push(slot);
-            self.dispatch(ev);
+            self.step(at, from_heap);
             if done(self) {
                 return true;
             }
@@ -298,42 +370,44 @@ impl Network {
         done(self)
     }
 
-    fn dispatch(&mut self, ev: Ev) {
+    /// Calendar `slot` came due: carries out its source's event, which re-schedules
+    /// or clears the slot.
+    fn fire(&mut self, slot: usize) {
         let now = self.now;
-        match ev {
-            Ev::TxDone(l) => {
+        match self.sources[slot] {
+            Source::TxDone(l) => {
                 let (left, next) = self.links[l].tx_done(now);
-                if let Some(next) = next {
-                    self.push(next, Ev::TxDone(l));
+                match next {
+                    Some(next) => self.schedule(slot, next),
+                    None => self.calendar.clear(slot),
                 }
                 if let Some(pkt) = left {
                     self.propagate(l, pkt as usize);
                 }
             }
-            Ev::Arrive { pkt } => self.arrive(pkt),
-            Ev::WireHead(l) => {
-                if let Some((_, pkt)) = self.wires[l].pop_front() {
-                    if let Some(&(next, _)) = self.wires[l].front() {
-                        self.push(next, Ev::WireHead(l));
-                    }
+            Source::WireHead(l) => {
+                let head = self.wires[l].pop_front();
+                match self.wires[l].front() {
+                    Some(&(next, _)) => self.schedule(slot, next),
+                    None => self.calendar.clear(slot),
+                }
+                if let Some((_, pkt)) = head {
                     self.arrive(pkt);
                 }
             }
-            Ev::Timer(n) => {
-                if self.node_timer_queued[n] == Some(now) {
-                    self.node_timer_queued[n] = None;
-                }
-                match self.node_deadline[n] {
-                    Some(d) if d <= now => {
-                        self.node_deadline[n] = None;
-                        self.nodes[n].handle_timeout(now);
-                        self.wake(n);
-                    }
-                    // The deadline moved later since this event was queued: re-arm.
-                    Some(d) => self.arm_timer(n, d),
-                    None => {}
-                }
+            Source::Timer(n) => {
+                // The node's deadline has passed: wake sets the next one (or none).
+                self.calendar.clear(slot);
+                self.nodes[n].handle_timeout(now);
+                self.wake(n);
             }
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::Arrive { pkt } => self.arrive(pkt),
             Ev::Change(i) => {
                 let c = self.changes[i].clone();
                 let link = &mut self.links[c.link];
@@ -361,18 +435,12 @@ impl Network {
             self.send(n, from, to, &buf[..len]);
         }
         self.tx_buf = buf;
-        let deadline = self.nodes[n].poll_timeout().map(|d| d.max(now));
-        self.node_deadline[n] = deadline;
-        if let Some(d) = deadline {
-            self.arm_timer(n, d);
-        }
-    }
-
-    /// Makes sure a timer event for node `n` fires at or before `d`.
-    fn arm_timer(&mut self, n: NodeId, d: Instant) {
-        if self.node_timer_queued[n].is_none_or(|q| q > d) {
-            self.node_timer_queued[n] = Some(d);
-            self.push(d, Ev::Timer(n));
+        let slot = self.node_slot[n];
+        match self.nodes[n].poll_timeout().map(|d| d.max(now)) {
+            // An unchanged deadline keeps its place among ties.
+            Some(d) if self.calendar.due(slot).is_some_and(|(at, _)| at == d) => {}
+            Some(d) => self.schedule(slot, d),
+            None => self.calendar.clear(slot),
         }
     }
 
@@ -434,7 +502,7 @@ impl Network {
         };
         match self.links[l].offer(self.now, id as u64, size) {
             Offer::Dropped(_) => self.free_packet(id),
-            Offer::Queued(Some(done)) => self.push(done, Ev::TxDone(l)),
+            Offer::Queued(Some(done)) => self.schedule(self.link_slots[l].tx_done, done),
             Offer::Queued(None) => {}
             Offer::Immediate => self.propagate(l, id),
         }
@@ -466,7 +534,7 @@ impl Network {
             match wire.back() {
                 None => {
                     wire.push_back((at, id));
-                    self.push(at, Ev::WireHead(l));
+                    self.schedule(self.link_slots[l].wire_head, at);
                 }
                 Some(&(last, _)) if at >= last => wire.push_back((at, id)),
                 Some(_) => self.push(at, Ev::Arrive { pkt: id }),

@@ -15,6 +15,7 @@
 //! - [`soak`]: thousands of connections of the tokio stack through the relay, in real
 //!   time (`utp-sim soak`).
 
+mod calendar;
 pub mod engine;
 pub mod link;
 pub mod metrics;

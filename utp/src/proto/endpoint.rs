@@ -120,6 +120,10 @@ pub struct Endpoint {
     recently_freed: VecDeque<(SocketAddr, u16)>,
     by_recv_id: HashMap<(SocketAddr, u16), u32>,
     by_send_id: HashMap<(SocketAddr, u16), u32>,
+    /// The slot the last DATA or STATE packet went to: a bulk transfer sends most
+    /// packets to the same connection, and this spares their hash lookup. Checked
+    /// against the slot's own ids before use, so it never needs invalidating.
+    last_lookup: Option<u32>,
     transmit_queue: VecDeque<u32>,
     events: VecDeque<(ConnectionHandle, Event)>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
@@ -154,6 +158,7 @@ impl Endpoint {
             recently_freed: VecDeque::new(),
             by_recv_id: HashMap::new(),
             by_send_id: HashMap::new(),
+            last_lookup: None,
             transmit_queue: VecDeque::new(),
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -281,7 +286,7 @@ impl Endpoint {
                     None => self.stats.unknown_connection += 1,
                 }
             }
-            _ => match self.by_recv_id.get(&(from, id)).copied() {
+            _ => match self.lookup_recv_id(from, id) {
                 Some(idx) => self.with_conn(idx, |c| c.handle_packet(now, &pkt)),
                 None => {
                     self.stats.unknown_connection += 1;
@@ -289,6 +294,23 @@ impl Endpoint {
                 }
             },
         }
+    }
+
+    /// The connection with the peer `from` whose receive id is `id`.
+    fn lookup_recv_id(&mut self, from: SocketAddr, id: u16) -> Option<u32> {
+        if let Some(idx) = self.last_lookup {
+            let hit = self
+                .slots
+                .get(idx as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.remote == from && s.conn.recv_id() == id);
+            if hit {
+                return Some(idx);
+            }
+        }
+        let idx = self.by_recv_id.get(&(from, id)).copied();
+        self.last_lookup = idx.or(self.last_lookup);
+        idx
     }
 
     fn handle_syn(&mut self, now: Instant, from: SocketAddr, syn: &Packet<'_>) {
@@ -528,7 +550,22 @@ impl Endpoint {
         h: ConnectionHandle,
         buf: &mut [u8],
     ) -> Result<usize, StreamError> {
-        self.app_op(h, |c| c.read(buf))
+        // A read that finds nothing changes nothing the endpoint tracks (no event, no
+        // timer, nothing to send): it skips the bookkeeping, which a reader polling
+        // after every datagram would otherwise pay twice per packet.
+        let Some(slot) = self
+            .slots
+            .get_mut(h.index as usize)
+            .and_then(Option::as_mut)
+            .filter(|s| s.generation == h.generation)
+        else {
+            return Err(StreamError::Closed);
+        };
+        let result = slot.conn.read(buf);
+        if result != Err(StreamError::WouldBlock) {
+            self.update(h.index, true);
+        }
+        result
     }
 
     /// Closes the sending direction (half-close): a FIN follows the queued data.

@@ -27,41 +27,59 @@ pub(crate) enum Timer {
 
 const COUNT: usize = 9;
 
-/// Deadlines indexed by [`Timer`].
-#[derive(Clone, Debug, Default)]
+/// Deadlines indexed by [`Timer`], in microseconds, with a bit per armed timer.
+///
+/// An unarmed timer holds `u64::MAX`, so the earliest deadline is a plain minimum over
+/// the array (asked after every packet); the bits tell an unarmed timer from one armed
+/// at the end of time.
+#[derive(Clone, Debug)]
 pub(crate) struct TimerTable {
-    deadlines: [Option<Instant>; COUNT],
+    deadlines: [u64; COUNT],
+    armed: u16,
+}
+
+impl Default for TimerTable {
+    fn default() -> Self {
+        TimerTable {
+            deadlines: [u64::MAX; COUNT],
+            armed: 0,
+        }
+    }
 }
 
 impl TimerTable {
     /// Arms `timer` to fire at `at`, replacing any earlier deadline.
     pub fn set(&mut self, timer: Timer, at: Instant) {
-        self.deadlines[timer as usize] = Some(at);
+        self.deadlines[timer as usize] = at.as_micros();
+        self.armed |= 1 << timer as u16;
     }
 
     /// Disarms `timer`.
     pub fn stop(&mut self, timer: Timer) {
-        self.deadlines[timer as usize] = None;
+        self.deadlines[timer as usize] = u64::MAX;
+        self.armed &= !(1 << timer as u16);
     }
 
     /// When `timer` fires, if armed.
     pub fn deadline(&self, timer: Timer) -> Option<Instant> {
-        self.deadlines[timer as usize]
+        self.is_set(timer)
+            .then(|| Instant::from_micros(self.deadlines[timer as usize]))
     }
 
     /// Whether `timer` is armed.
     pub fn is_set(&self, timer: Timer) -> bool {
-        self.deadlines[timer as usize].is_some()
+        self.armed & (1 << timer as u16) != 0
     }
 
     /// Disarms every timer.
     pub fn stop_all(&mut self) {
-        self.deadlines = [None; COUNT];
+        *self = TimerTable::default();
     }
 
     /// The earliest deadline of all armed timers.
     pub fn next(&self) -> Option<Instant> {
-        self.deadlines.iter().flatten().min().copied()
+        let earliest = self.deadlines.iter().copied().fold(u64::MAX, u64::min);
+        (self.armed != 0).then_some(Instant::from_micros(earliest))
     }
 
     /// Disarms and returns the first timer whose deadline is at or before `now`.
@@ -77,10 +95,49 @@ impl TimerTable {
             Timer::Linger,
             Timer::Probe,
         ];
+        let now = now.as_micros();
         let t = ALL
             .into_iter()
-            .find(|t| self.deadlines[*t as usize].is_some_and(|d| d <= now))?;
-        self.deadlines[t as usize] = None;
+            .find(|&t| self.is_set(t) && self.deadlines[t as usize] <= now)?;
+        self.stop(t);
         Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earliest_armed_deadline_and_expiry_in_timer_order() {
+        let mut t = TimerTable::default();
+        assert_eq!(t.next(), None);
+        t.set(Timer::Idle, Instant::from_micros(900));
+        t.set(Timer::Retransmit, Instant::from_micros(500));
+        t.set(Timer::DelayedAck, Instant::from_micros(500));
+        assert_eq!(t.next(), Some(Instant::from_micros(500)));
+        assert_eq!(t.expired(Instant::from_micros(499)), None);
+        assert_eq!(
+            t.expired(Instant::from_micros(600)),
+            Some(Timer::Retransmit)
+        );
+        assert_eq!(
+            t.expired(Instant::from_micros(600)),
+            Some(Timer::DelayedAck)
+        );
+        assert_eq!(t.expired(Instant::from_micros(600)), None);
+        assert_eq!(t.next(), Some(Instant::from_micros(900)));
+        t.stop(Timer::Idle);
+        assert_eq!(t.next(), None);
+        // A deadline at the end of time is still armed.
+        t.set(Timer::Linger, Instant::from_micros(u64::MAX));
+        assert!(t.is_set(Timer::Linger));
+        assert_eq!(t.next(), Some(Instant::from_micros(u64::MAX)));
+        assert_eq!(
+            t.deadline(Timer::Linger),
+            Some(Instant::from_micros(u64::MAX))
+        );
+        t.stop_all();
+        assert_eq!((t.next(), t.is_set(Timer::Linger)), (None, false));
     }
 }
