@@ -7,7 +7,7 @@
 //!
 //! The sources that always have at most one next event and move it with nearly every
 //! packet (each node's timer, each link's serialiser and the head of each link's wire)
-//! keep it in a [`Calendar`] slot; one-off events (a packet that overtakes on the wire,
+//! keep it in a calendar slot (`sim/src/calendar.rs`); one-off events (a packet that overtakes on the wire,
 //! a duplicate, a link change, a sample) go to the event heap. The next event is the
 //! earlier of the two heads.
 
