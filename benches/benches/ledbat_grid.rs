@@ -291,7 +291,7 @@ fn summary() {
         ) else {
             continue;
         };
-        // Same seed, same losses drawn for both: the ratio per seed pairs them.
+        // Each variant ran on the same seeds: the ratio per seed pairs those runs.
         let lowest_seed = os
             .iter()
             .zip(ls)

@@ -553,12 +553,7 @@ impl Endpoint {
         // A read that finds nothing changes nothing the endpoint tracks (no event, no
         // timer, nothing to send): it skips the bookkeeping, which a reader polling
         // after every datagram would otherwise pay twice per packet.
-        let Some(slot) = self
-            .slots
-            .get_mut(h.index as usize)
-            .and_then(Option::as_mut)
-            .filter(|s| s.generation == h.generation)
-        else {
+        let Some(slot) = self.slot_mut(h) else {
             return Err(StreamError::Closed);
         };
         let result = slot.conn.read(buf);
@@ -612,6 +607,13 @@ impl Endpoint {
         self.slots
             .get(h.index as usize)
             .and_then(Option::as_ref)
+            .filter(|s| s.generation == h.generation)
+    }
+
+    fn slot_mut(&mut self, h: ConnectionHandle) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(h.index as usize)
+            .and_then(Option::as_mut)
             .filter(|s| s.generation == h.generation)
     }
 
