@@ -7,7 +7,7 @@
 //!
 //! The sources that always have at most one next event and move it with nearly every
 //! packet (each node's timer, each link's serialiser and the head of each link's wire)
-//! keep it in a calendar slot (`sim/src/calendar.rs`); one-off events (a packet that
+//! keep it in a calendar slot (a [`TimerQueue`] entry, moved in place); one-off events (a packet that
 //! overtakes on the wire, a duplicate, a link change, a sample) go to the event heap.
 //! The next event is the earlier of the two heads.
 
@@ -17,9 +17,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
+use utp::proto::TimerQueue;
 use utp::Instant;
 
-use crate::calendar::Calendar;
 use crate::link::{Link, LinkConfig, Offer, IP_UDP_OVERHEAD};
 use crate::pcap::PcapWriter;
 
@@ -40,6 +40,9 @@ pub trait Node {
     fn poll_timeout(&mut self) -> Option<Instant>;
     /// Time has come (at or after the last [`Node::poll_timeout`]).
     fn handle_timeout(&mut self, now: Instant);
+    /// The largest datagram this node writes: [`Node::poll_transmit`] gets a buffer at
+    /// least this long.
+    fn max_datagram(&self) -> usize;
     /// Writes the next datagram into `buf`; returns (source, destination, length).
     fn poll_transmit(
         &mut self,
@@ -100,7 +103,10 @@ enum Ev {
     Sample,
 }
 
-/// What a [`Calendar`] slot stands for.
+/// When a calendar slot is due and its tie-breaking order (smaller first).
+type Due = (Instant, u64);
+
+/// What a calendar slot stands for.
 #[derive(Clone, Copy, Debug)]
 enum Source {
     /// The node's timer.
@@ -133,7 +139,10 @@ pub struct LinkChange {
 
 #[derive(Debug)]
 struct Packet {
+    /// A pool buffer of `Network::buf_size` bytes (or more); the datagram is the first
+    /// `len`. Nodes write straight into it, so a datagram is never copied in flight.
     data: Vec<u8>,
+    len: usize,
     from: SocketAddr,
     to: SocketAddr,
     /// The node it is addressed to.
@@ -152,7 +161,8 @@ pub struct Network {
     link_slots: Vec<LinkSlots>,
     /// What each calendar slot stands for.
     sources: Vec<Source>,
-    calendar: Calendar,
+    /// Each recurring source's next event, by slot (see [`Source`]).
+    calendar: TimerQueue<Due>,
     hosts: FastMap<IpAddr, NodeId>,
     /// The links, for inspection.
     pub links: Vec<Link>,
@@ -168,7 +178,10 @@ pub struct Network {
     order: u64,
     packets: Vec<Option<Packet>>,
     free_packets: Vec<usize>,
+    /// Free datagram buffers, each at least `buf_size` long (zeroed once, when made).
     pool: Vec<Vec<u8>>,
+    /// The largest datagram any node writes.
+    buf_size: usize,
     changes: Vec<LinkChange>,
     sample_every: Option<Duration>,
     /// Samples taken so far, by the sampler.
@@ -178,7 +191,6 @@ pub struct Network {
     pub datagrams: u64,
     /// Datagrams addressed to no node.
     pub unroutable: u64,
-    tx_buf: Vec<u8>,
 }
 
 impl Network {
@@ -190,7 +202,7 @@ impl Network {
             node_slot: Vec::new(),
             link_slots: Vec::new(),
             sources: Vec::new(),
-            calendar: Calendar::default(),
+            calendar: TimerQueue::new(),
             hosts: FastMap::default(),
             links: Vec::new(),
             wires: Vec::new(),
@@ -203,13 +215,13 @@ impl Network {
             packets: Vec::new(),
             free_packets: Vec::new(),
             pool: Vec::new(),
+            buf_size: 0,
             changes: Vec::new(),
             sample_every: None,
             samples: crate::metrics::Recorder::default(),
             pcap: None,
             datagrams: 0,
             unroutable: 0,
-            tx_buf: vec![0u8; 65_536],
         }
     }
 
@@ -221,6 +233,7 @@ impl Network {
     /// Adds a node reachable at `ip`; returns its id.
     pub fn add_node(&mut self, ip: IpAddr, node: Box<dyn Node>) -> NodeId {
         let id = self.nodes.len();
+        self.buf_size = self.buf_size.max(node.max_datagram());
         self.nodes.push(node);
         let slot = self.add_source(Source::Timer(id));
         self.node_slot.push(slot);
@@ -243,8 +256,7 @@ impl Network {
     }
 
     fn add_source(&mut self, source: Source) -> usize {
-        let slot = self.calendar.add_slot();
-        debug_assert_eq!(slot, self.sources.len());
+        let slot = self.sources.len();
         self.sources.push(source);
         slot
     }
@@ -379,7 +391,7 @@ impl Network {
                 let (left, next) = self.links[l].tx_done(now);
                 match next {
                     Some(next) => self.schedule(slot, next),
-                    None => self.calendar.clear(slot),
+                    None => self.calendar.remove(slot),
                 }
                 if let Some(pkt) = left {
                     self.propagate(l, pkt as usize);
@@ -389,7 +401,7 @@ impl Network {
                 let head = self.wires[l].pop_front();
                 match self.wires[l].front() {
                     Some(&(next, _)) => self.schedule(slot, next),
-                    None => self.calendar.clear(slot),
+                    None => self.calendar.remove(slot),
                 }
                 if let Some((_, pkt)) = head {
                     self.arrive(pkt);
@@ -430,38 +442,51 @@ impl Network {
     /// Sends everything node `n` has to send and re-arms its timer.
     fn wake(&mut self, n: NodeId) {
         let now = self.now;
-        let mut buf = std::mem::take(&mut self.tx_buf);
-        while let Some((from, to, len)) = self.nodes[n].poll_transmit(now, &mut buf) {
-            self.send(n, from, to, &buf[..len]);
+        loop {
+            let mut buf = self.take_buffer();
+            match self.nodes[n].poll_transmit(now, &mut buf) {
+                Some((from, to, len)) => self.send(n, from, to, buf, len),
+                None => {
+                    self.pool.push(buf);
+                    break;
+                }
+            }
         }
-        self.tx_buf = buf;
         let slot = self.node_slot[n];
         match self.nodes[n].poll_timeout().map(|d| d.max(now)) {
             // An unchanged deadline keeps its place among ties.
-            Some(d) if self.calendar.due(slot).is_some_and(|(at, _)| at == d) => {}
+            Some(d) if self.calendar.get(slot).is_some_and(|(at, _)| at == d) => {}
             Some(d) => self.schedule(slot, d),
-            None => self.calendar.clear(slot),
+            None => self.calendar.remove(slot),
         }
     }
 
-    fn send(&mut self, n: NodeId, from: SocketAddr, to: SocketAddr, data: &[u8]) {
-        if let Some(p) = &mut self.pcap {
-            p.record(self.now, from, to, data);
+    /// A free datagram buffer of at least `buf_size` bytes.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        match self.pool.pop() {
+            Some(buf) if buf.len() >= self.buf_size => buf,
+            _ => vec![0u8; self.buf_size],
         }
-        let Some(&dst) = self.hosts.get(&to.ip()) else {
+    }
+
+    /// Node `n` wrote a datagram: the first `len` bytes of `buf`.
+    fn send(&mut self, n: NodeId, from: SocketAddr, to: SocketAddr, buf: Vec<u8>, len: usize) {
+        if let Some(p) = &mut self.pcap {
+            p.record(self.now, from, to, &buf[..len]);
+        }
+        let routed = self
+            .hosts
+            .get(&to.ip())
+            .and_then(|&dst| Some((dst, *self.route_of.get(&(n, dst))?)));
+        let Some((dst, route)) = routed else {
             self.unroutable += 1;
-            return;
-        };
-        let Some(&route) = self.route_of.get(&(n, dst)) else {
-            self.unroutable += 1;
+            self.pool.push(buf);
             return;
         };
         self.datagrams += 1;
-        let mut buf = self.pool.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(data);
         let id = self.alloc_packet(Packet {
             data: buf,
+            len,
             from,
             to,
             dst,
@@ -495,7 +520,7 @@ impl Network {
     fn enter_link(&mut self, id: usize) {
         let (route, hop, size) = {
             let p = self.packets[id].as_ref().expect("live packet");
-            (p.route, p.hop, p.data.len() + IP_UDP_OVERHEAD)
+            (p.route, p.hop, p.len + IP_UDP_OVERHEAD)
         };
         let Some(&l) = self.routes[route].get(hop) else {
             return self.deliver(id);
@@ -513,12 +538,12 @@ impl Network {
         let [first, dup] = self.links[l].propagate(self.now);
         if let Some(at) = dup {
             let copy = {
+                let mut data = self.take_buffer();
                 let p = self.packets[id].as_ref().expect("live packet");
-                let mut data = self.pool.pop().unwrap_or_default();
-                data.clear();
-                data.extend_from_slice(&p.data);
+                data[..p.len].copy_from_slice(&p.data[..p.len]);
                 Packet {
                     data,
+                    len: p.len,
                     from: p.from,
                     to: p.to,
                     dst: p.dst,
@@ -556,7 +581,7 @@ impl Network {
         };
         self.free_packets.push(id);
         let n = p.dst;
-        self.nodes[n].handle_datagram(self.now, p.from, p.to, &p.data);
+        self.nodes[n].handle_datagram(self.now, p.from, p.to, &p.data[..p.len]);
         self.wake(n);
         self.pool.push(p.data);
     }

@@ -15,7 +15,6 @@
 //! - [`soak`]: thousands of connections of the tokio stack through the relay, in real
 //!   time (`utp-sim soak`).
 
-mod calendar;
 pub mod engine;
 pub mod link;
 pub mod metrics;

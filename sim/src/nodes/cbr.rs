@@ -87,6 +87,10 @@ impl Node for CbrNode {
         }
     }
 
+    fn max_datagram(&self) -> usize {
+        self.spec.as_ref().map_or(0, |s| s.size)
+    }
+
     fn poll_transmit(
         &mut self,
         _now: Instant,

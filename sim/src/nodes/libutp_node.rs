@@ -54,6 +54,10 @@ struct Receiver {
     finished: Option<Instant>,
 }
 
+/// Room for any datagram libutp writes (its packets stay below 1.5 KB; a larger one
+/// would be reported as a failure, not truncated).
+const LIBUTP_MAX_DATAGRAM: usize = 2048;
+
 /// A host with one libutp context (one address) and its applications.
 pub struct LibutpNode {
     addr: SocketAddr,
@@ -276,6 +280,10 @@ impl Node for LibutpNode {
     fn handle_timeout(&mut self, now: Instant) {
         self.peer.handle_timeout(now);
         self.pump(now);
+    }
+
+    fn max_datagram(&self) -> usize {
+        LIBUTP_MAX_DATAGRAM
     }
 
     fn poll_transmit(

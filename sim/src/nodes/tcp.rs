@@ -805,6 +805,11 @@ impl Node for TcpNode {
         }
     }
 
+    fn max_datagram(&self) -> usize {
+        let data = self.sender.as_ref().map_or(0, |s| HEADER + s.spec.mss);
+        data.max(HEADER + MAX_SACK_BLOCKS * SACK_BLOCK)
+    }
+
     fn poll_transmit(
         &mut self,
         now: Instant,

@@ -61,7 +61,6 @@ pub struct UtpNode {
     sender: Option<Sender>,
     receiver: Option<Receiver>,
     pattern: Vec<u8>,
-    read_buf: Vec<u8>,
     failure: Option<String>,
 }
 
@@ -75,7 +74,6 @@ impl UtpNode {
             sender: None,
             receiver: None,
             pattern: pattern(),
-            read_buf: vec![0u8; 1 << 16],
             failure: None,
         })
     }
@@ -159,15 +157,20 @@ impl UtpNode {
         if let Some(r) = &mut self.receiver {
             for (h, offset) in r.conns.iter_mut() {
                 loop {
-                    match self.ep.read(now, *h, &mut self.read_buf) {
+                    // Checked in place, where the endpoint holds the bytes.
+                    let mut intact = true;
+                    let pattern = &self.pattern;
+                    let at = *offset;
+                    let read = self.ep.read_with(now, *h, usize::MAX, |data| {
+                        intact = matches_pattern(pattern, at, data);
+                    });
+                    match read {
                         Ok(0) => {
                             r.finished.get_or_insert(now);
                             break;
                         }
                         Ok(n) => {
-                            if !matches_pattern(&self.pattern, *offset, &self.read_buf[..n])
-                                && self.failure.is_none()
-                            {
+                            if !intact && self.failure.is_none() {
                                 self.failure = Some(format!(
                                     "flow {}: data corrupted near byte {}",
                                     r.flow, offset
@@ -216,6 +219,10 @@ impl Node for UtpNode {
     fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
         self.pump(now);
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.ep.config().max_packet_size
     }
 
     fn poll_transmit(

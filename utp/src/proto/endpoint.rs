@@ -19,8 +19,7 @@
 //!
 //! Every input takes `now`; nothing here reads a clock or touches a socket.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::{Config, ConfigError};
 use super::connection::{Connection, Event, StreamError};
 use super::stats::EndpointStats;
+use super::timer_queue::TimerQueue;
 use crate::time::Instant;
 use crate::wire::{self, Header, Micros, Packet, PacketType, SeqNr};
 
@@ -78,7 +78,6 @@ struct Slot {
     remote: SocketAddr,
     generation: u32,
     queued: bool,
-    deadline: Option<Instant>,
     half_open: bool,
     /// The application took this connection's `Closed` event.
     closed_polled: bool,
@@ -126,7 +125,9 @@ pub struct Endpoint {
     last_lookup: Option<u32>,
     transmit_queue: VecDeque<u32>,
     events: VecDeque<(ConnectionHandle, Event)>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Each connection's earliest deadline, keyed (deadline, slot index) so that ties
+    /// run in slot order; a slot leaves it when its connection has no timer armed.
+    timers: TimerQueue<(Instant, u32)>,
     resets: VecDeque<(SocketAddr, Header)>,
     /// A finished connection whose `Closed` event was just taken: freed at the next
     /// `poll_event`, so the caller can still read its final state and statistics.
@@ -161,7 +162,7 @@ impl Endpoint {
             last_lookup: None,
             transmit_queue: VecDeque::new(),
             events: VecDeque::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::new(),
             resets: VecDeque::new(),
             free_next: None,
             reset_period_start: None,
@@ -441,35 +442,19 @@ impl Endpoint {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((deadline, idx, generation))) = self.timers.peek() {
+        while let Some(((deadline, idx), _)) = self.timers.peek() {
             if deadline > now {
                 break;
             }
-            self.timers.pop();
-            let current = self.slots.get(idx as usize).and_then(Option::as_ref);
-            if current.is_some_and(|s| s.generation == generation && s.deadline == Some(deadline)) {
-                if let Some(s) = self.slots[idx as usize].as_mut() {
-                    s.deadline = None;
-                }
-                self.with_conn(idx, |c| c.handle_timeout(now));
-            }
+            // Off the queue while it runs: `update` puts the next deadline back.
+            self.timers.remove(idx as usize);
+            self.with_conn(idx, |c| c.handle_timeout(now));
         }
     }
 
     /// The earliest time at which [`Endpoint::handle_timeout`] has work.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((deadline, idx, generation))) = self.timers.peek() {
-            let live = self
-                .slots
-                .get(idx as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|s| s.generation == generation && s.deadline == Some(deadline));
-            if live {
-                return Some(deadline);
-            }
-            self.timers.pop();
-        }
-        None
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|((deadline, _), _)| deadline)
     }
 
     /// Writes the next datagram to send into `buf`, which must hold at least
@@ -550,13 +535,35 @@ impl Endpoint {
         h: ConnectionHandle,
         buf: &mut [u8],
     ) -> Result<usize, StreamError> {
-        // A read that finds nothing changes nothing the endpoint tracks (no event, no
-        // timer, nothing to send): it skips the bookkeeping, which a reader polling
-        // after every datagram would otherwise pay twice per packet.
+        self.read_op(h, |c| c.read(buf))
+    }
+
+    /// Reads received data in place: hands `f` the next contiguous bytes (at most
+    /// `max`) without copying them, and consumes them. Returns how many, like
+    /// [`Endpoint::read`]: `Ok(0)` is end of stream, `WouldBlock` means wait for
+    /// [`Event::Readable`]. Data that wraps around the receive buffer takes two calls.
+    pub fn read_with(
+        &mut self,
+        _now: Instant,
+        h: ConnectionHandle,
+        max: usize,
+        f: impl FnOnce(&[u8]),
+    ) -> Result<usize, StreamError> {
+        self.read_op(h, |c| c.read_with(max, f))
+    }
+
+    /// Runs a read on `h`'s connection. A read that finds nothing changes nothing the
+    /// endpoint tracks (no event, no timer, nothing to send): it skips the bookkeeping,
+    /// which a reader polling after every datagram would otherwise pay twice per packet.
+    fn read_op(
+        &mut self,
+        h: ConnectionHandle,
+        op: impl FnOnce(&mut Connection) -> Result<usize, StreamError>,
+    ) -> Result<usize, StreamError> {
         let Some(slot) = self.slot_mut(h) else {
             return Err(StreamError::Closed);
         };
-        let result = slot.conn.read(buf);
+        let result = op(&mut slot.conn);
         if result != Err(StreamError::WouldBlock) {
             self.update(h.index, true);
         }
@@ -638,7 +645,6 @@ impl Endpoint {
             remote,
             generation,
             queued: false,
-            deadline: None,
             half_open: false,
             closed_polled: false,
         });
@@ -684,7 +690,7 @@ impl Endpoint {
             }
         }
         if slot.conn.is_released() {
-            slot.deadline = None;
+            self.timers.remove(idx as usize);
             if slot.closed_polled && self.free_next != Some(idx) {
                 self.free_slot(idx);
             }
@@ -694,15 +700,12 @@ impl Endpoint {
             slot.queued = true;
             self.transmit_queue.push_back(idx);
         }
-        let deadline = slot.conn.poll_timeout();
-        if deadline != slot.deadline {
-            slot.deadline = deadline;
-            if let Some(d) = deadline {
-                self.timers.push(Reverse((d, idx, slot.generation)));
+        let deadline = slot.conn.poll_timeout().map(|d| (d, idx));
+        if deadline != self.timers.get(idx as usize) {
+            match deadline {
+                Some(d) => self.timers.set(idx as usize, d),
+                None => self.timers.remove(idx as usize),
             }
-        }
-        if self.timers.len() > 4 * self.live + 64 {
-            self.compact_timers();
         }
     }
 
@@ -713,6 +716,7 @@ impl Endpoint {
         };
         self.by_recv_id.remove(&(slot.remote, slot.conn.recv_id()));
         self.by_send_id.remove(&(slot.remote, slot.conn.send_id()));
+        self.timers.remove(idx as usize);
         if self.recently_freed.len() >= RECENTLY_FREED {
             self.recently_freed.pop_front();
         }
@@ -721,18 +725,5 @@ impl Endpoint {
         self.generations[idx as usize] = slot.generation.wrapping_add(1);
         self.free.push(idx);
         self.live -= 1;
-    }
-
-    /// Drops stale timer entries, so the heap stays proportional to the connections.
-    fn compact_timers(&mut self) {
-        self.timers = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                Some(Reverse((s.deadline?, i as u32, s.generation)))
-            })
-            .collect();
     }
 }

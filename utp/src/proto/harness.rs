@@ -306,6 +306,9 @@ pub(crate) struct App {
     pub error: Option<StreamError>,
     /// Largest write call, to vary write sizes.
     pub write_chunk: usize,
+    /// Reads in place ([`Endpoint::read_with`]) at most this many bytes at a time,
+    /// instead of copying out with [`Endpoint::read`].
+    pub read_in_place: Option<usize>,
 }
 
 impl App {
@@ -336,9 +339,18 @@ impl App {
         }
         let mut buf = [0u8; 4096];
         while !self.eof {
-            match ep.read(now, h, &mut buf) {
+            let read = match self.read_in_place {
+                Some(max) => {
+                    let received = &mut self.received;
+                    ep.read_with(now, h, max, |data| received.extend_from_slice(data))
+                }
+                None => ep.read(now, h, &mut buf).inspect(|&n| {
+                    self.received.extend_from_slice(&buf[..n]);
+                }),
+            };
+            match read {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
                 Err(StreamError::WouldBlock) => break,
                 Err(e) => {
                     self.error = Some(e);

@@ -4,6 +4,7 @@
 //! - [`Connection`]: one connection's state machine (read through the endpoint).
 //! - [`congestion`]: the congestion-control trait, LEDBAT and a fixed-window double.
 //! - [`Config`]: every tunable, with documented defaults and libutp/libtorrent profiles.
+//! - [`TimerQueue`]: one deadline per connection (or any other slot), earliest first.
 //!
 //! Nothing here reads a clock, touches a socket or uses global randomness: time comes
 //! in as `now`, datagrams come in through [`Endpoint::handle_datagram`] and go out
@@ -14,6 +15,7 @@ pub mod congestion;
 mod connection;
 mod endpoint;
 mod stats;
+mod timer_queue;
 
 #[cfg(test)]
 pub(crate) mod harness;
@@ -24,3 +26,4 @@ pub use config::{Config, ConfigError};
 pub use connection::{Connection, ConnectionError, Event, State, StreamError};
 pub use endpoint::{ConnectError, ConnectionHandle, Endpoint, Transmit};
 pub use stats::{ConnectionStats, EndpointStats};
+pub use timer_queue::TimerQueue;

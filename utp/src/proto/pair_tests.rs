@@ -308,6 +308,8 @@ fn run_schedule(s: &Schedule) -> Result<super::harness::CloseOutcome, TestCaseEr
     // handshake completed (X10), and it is retransmitted until acknowledged.
     let mut app_a = App::new(pattern(a_len, 1), chunk_a);
     let mut app_b = App::new(pattern(b_len, 2), chunk_b);
+    // B reads in place, in pieces as large as its writes (A copies out).
+    app_b.read_in_place = Some(chunk_b);
     let deadline = p.now + Duration::from_secs(3600);
     let hb = loop {
         if let Some(hb) = p.find_event(Side::B, Event::Incoming) {

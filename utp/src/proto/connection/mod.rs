@@ -549,7 +549,29 @@ impl Connection {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = self.recv.read(buf);
+        self.take_received(|r| r.read(buf))
+    }
+
+    /// Like [`Connection::read`], but hands `f` the next contiguous received bytes (at
+    /// most `max`) in place instead of copying them out.
+    pub(crate) fn read_with(
+        &mut self,
+        max: usize,
+        f: impl FnOnce(&[u8]),
+    ) -> Result<usize, StreamError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        self.take_received(|r| r.read_with(max, f))
+    }
+
+    /// Consumes in-order bytes with `take` (which returns how many); the rest of a read:
+    /// end of stream, errors, and whether the window reopened.
+    fn take_received(
+        &mut self,
+        take: impl FnOnce(&mut RecvBuffer) -> usize,
+    ) -> Result<usize, StreamError> {
+        let n = take(&mut self.recv);
         if n > 0 {
             self.readable_signalled = false;
             // Tell a sender that saw a (nearly) closed window that it opened again.

@@ -157,6 +157,19 @@ impl RecvBuffer {
         n
     }
 
+    /// Hands `f` the next contiguous in-order bytes, at most `max`, without copying
+    /// them, and consumes them; returns how many. A buffer that wraps around takes two
+    /// calls to drain.
+    pub fn read_with(&mut self, max: usize, f: impl FnOnce(&[u8])) -> usize {
+        let (a, _) = self.ordered.as_slices();
+        let n = a.len().min(max);
+        if n > 0 {
+            f(&a[..n]);
+            self.ordered.drain(..n);
+        }
+        n
+    }
+
     /// Throws away every in-order byte (the application will never read them).
     pub fn discard(&mut self) {
         self.ordered.clear();
@@ -190,6 +203,36 @@ mod tests {
         assert_eq!(r.read(&mut out), 6);
         assert_eq!(&out[..6], b"aabbcc");
         assert_eq!(r.window(), 100);
+    }
+
+    #[test]
+    fn reads_in_place_up_to_max_and_across_the_wrap() {
+        let mut r = RecvBuffer::new(8, 4);
+        assert_eq!(
+            r.insert(0, false, b"abcdef"),
+            Insert::InOrder {
+                delivered: 1,
+                fin: false
+            }
+        );
+        let mut seen = Vec::new();
+        assert_eq!(r.read_with(4, |d| seen.extend_from_slice(d)), 4);
+        assert_eq!(seen, b"abcd");
+        assert_eq!(r.window(), 6);
+        // The ring now wraps: its bytes come in two contiguous pieces.
+        assert_eq!(
+            r.insert(0, false, b"ghijkl"),
+            Insert::InOrder {
+                delivered: 1,
+                fin: false
+            }
+        );
+        while r.read_with(usize::MAX, |d| seen.extend_from_slice(d)) > 0 {}
+        assert_eq!(seen, b"abcdefghijkl");
+        assert_eq!(r.readable(), 0);
+        let mut called = false;
+        assert_eq!(r.read_with(10, |_| called = true), 0);
+        assert!(!called, "nothing to hand over: f is not called");
     }
 
     #[test]
