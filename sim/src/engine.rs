@@ -103,8 +103,20 @@ enum Ev {
     Sample,
 }
 
-/// When a calendar slot is due and its tie-breaking order (smaller first).
-type Due = (Instant, u64);
+/// When a calendar slot is due and its tie-breaking order (smaller first), packed
+/// into one integer (time in the high half) so that comparing two is one comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Due(u128);
+
+impl Due {
+    fn new(at: Instant, order: u64) -> Due {
+        Due(u128::from(at.as_micros()) << 64 | u128::from(order))
+    }
+
+    fn at(self) -> Instant {
+        Instant::from_micros((self.0 >> 64) as u64)
+    }
+}
 
 /// What a calendar slot stands for.
 #[derive(Clone, Copy, Debug)]
@@ -172,7 +184,10 @@ pub struct Network {
     wires: Vec<VecDeque<(Instant, usize)>>,
     routes: Vec<Vec<LinkId>>,
     route_of: FastMap<(NodeId, NodeId), usize>,
-    events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    /// Per node, the destination address it last sent to, with that node and the route:
+    /// a flow sends nearly every datagram to the same place.
+    last_route: Vec<Option<(IpAddr, NodeId, usize)>>,
+    events: BinaryHeap<Reverse<(Due, usize)>>,
     event_slots: Vec<Option<Ev>>,
     free_events: Vec<usize>,
     order: u64,
@@ -191,6 +206,8 @@ pub struct Network {
     pub datagrams: u64,
     /// Datagrams addressed to no node.
     pub unroutable: u64,
+    /// Whether a node reported a failure (checked after each of its wake-ups).
+    failed: bool,
 }
 
 impl Network {
@@ -208,6 +225,7 @@ impl Network {
             wires: Vec::new(),
             routes: Vec::new(),
             route_of: FastMap::default(),
+            last_route: Vec::new(),
             events: BinaryHeap::new(),
             event_slots: Vec::new(),
             free_events: Vec::new(),
@@ -222,6 +240,7 @@ impl Network {
             pcap: None,
             datagrams: 0,
             unroutable: 0,
+            failed: false,
         }
     }
 
@@ -235,6 +254,8 @@ impl Network {
         let id = self.nodes.len();
         self.buf_size = self.buf_size.max(node.max_datagram());
         self.nodes.push(node);
+        self.last_route.fill(None);
+        self.last_route.push(None);
         let slot = self.add_source(Source::Timer(id));
         self.node_slot.push(slot);
         self.hosts.insert(ip, id);
@@ -265,6 +286,7 @@ impl Network {
     pub fn add_route(&mut self, from: NodeId, to: NodeId, links: Vec<LinkId>) {
         self.routes.push(links);
         self.route_of.insert((from, to), self.routes.len() - 1);
+        self.last_route.fill(None);
     }
 
     /// Schedules a change of a link.
@@ -300,6 +322,12 @@ impl Network {
         self.nodes.iter().find_map(|n| n.failure())
     }
 
+    /// Whether any node reported a failure: [`Network::failure`] without its cost, to
+    /// check after every event.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
     fn push(&mut self, at: Instant, ev: Ev) {
         self.order += 1;
         let slot = match self.free_events.pop() {
@@ -312,27 +340,24 @@ impl Network {
                 self.event_slots.len() - 1
             }
         };
-        self.events.push(Reverse((at, self.order, slot)));
+        self.events.push(Reverse((Due::new(at, self.order), slot)));
     }
 
     /// Makes calendar `slot` due at `at`, ordered after everything scheduled so far.
     fn schedule(&mut self, slot: usize, at: Instant) {
         self.order += 1;
-        self.calendar.set(slot, (at, self.order));
+        self.calendar.set(slot, Due::new(at, self.order));
     }
 
     /// When the next event is due, and whether it is the event heap's (else the
     /// calendar's).
     fn next_due(&self) -> Option<(Instant, bool)> {
-        let heap = self
-            .events
-            .peek()
-            .map(|Reverse((at, order, _))| (*at, *order));
+        let heap = self.events.peek().map(|Reverse((due, _))| *due);
         let cal = self.calendar.peek().map(|(due, _)| due);
         match (heap, cal) {
-            (Some(h), Some(c)) if h < c => Some((h.0, true)),
-            (_, Some(c)) => Some((c.0, false)),
-            (Some(h), None) => Some((h.0, true)),
+            (Some(h), Some(c)) if h < c => Some((h.at(), true)),
+            (_, Some(c)) => Some((c.at(), false)),
+            (Some(h), None) => Some((h.at(), true)),
             (None, None) => None,
         }
     }
@@ -341,7 +366,7 @@ impl Network {
     fn step(&mut self, at: Instant, from_heap: bool) {
         self.now = self.now.max(at);
         if from_heap {
-            let Some(Reverse((_, _, slot))) = self.events.pop() else {
+            let Some(Reverse((_, slot))) = self.events.pop() else {
                 return;
             };
             let ev = self.event_slots[slot].take().expect("event slot");
@@ -452,10 +477,11 @@ impl Network {
                 }
             }
         }
+        self.failed = self.failed || self.nodes[n].failure().is_some();
         let slot = self.node_slot[n];
         match self.nodes[n].poll_timeout().map(|d| d.max(now)) {
             // An unchanged deadline keeps its place among ties.
-            Some(d) if self.calendar.get(slot).is_some_and(|(at, _)| at == d) => {}
+            Some(d) if self.calendar.get(slot).is_some_and(|due| due.at() == d) => {}
             Some(d) => self.schedule(slot, d),
             None => self.calendar.remove(slot),
         }
@@ -474,10 +500,19 @@ impl Network {
         if let Some(p) = &mut self.pcap {
             p.record(self.now, from, to, &buf[..len]);
         }
-        let routed = self
-            .hosts
-            .get(&to.ip())
-            .and_then(|&dst| Some((dst, *self.route_of.get(&(n, dst))?)));
+        let routed = match self.last_route[n] {
+            Some((ip, dst, route)) if ip == to.ip() => Some((dst, route)),
+            _ => {
+                let routed = self
+                    .hosts
+                    .get(&to.ip())
+                    .and_then(|&dst| Some((dst, *self.route_of.get(&(n, dst))?)));
+                if let Some((dst, route)) = routed {
+                    self.last_route[n] = Some((to.ip(), dst, route));
+                }
+                routed
+            }
+        };
         let Some((dst, route)) = routed else {
             self.unroutable += 1;
             self.pool.push(buf);

@@ -733,10 +733,10 @@ pub fn run(s: &Scenario, capture: bool) -> Result<RunResult, String> {
     let flow_count = pairs.len();
     if all_bounded {
         net.run_while(end, |n| {
-            n.failure().is_some() || n.samples.finished.len() == flow_count
+            n.failed() || n.samples.finished.len() == flow_count
         });
     } else {
-        net.run_while(end, |n| n.failure().is_some());
+        net.run_while(end, |n| n.failed());
     }
     let failure = net.failure();
     let simulated = net.now() - EPOCH;

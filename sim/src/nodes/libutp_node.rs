@@ -64,7 +64,7 @@ pub struct LibutpNode {
     peer: LibutpPeer,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
-    pattern: Vec<u8>,
+    pattern: &'static [u8],
     read_buf: Vec<u8>,
     pinned_seq_nr: Option<u16>,
     now: Instant,
@@ -198,7 +198,7 @@ impl LibutpNode {
                     if n == 0 {
                         break;
                     }
-                    if !matches_pattern(&self.pattern, *offset, &self.read_buf[..n])
+                    if !matches_pattern(self.pattern, *offset, &self.read_buf[..n])
                         && self.failure.is_none()
                     {
                         self.failure = Some(format!(

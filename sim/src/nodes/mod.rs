@@ -19,15 +19,20 @@ pub use utp_node::{UtpNode, UtpSendSpec};
 /// Length of the repeating test pattern; a prime, so a shifted stream never matches.
 pub(crate) const PATTERN_LEN: usize = 65_521;
 
-/// The test stream's bytes: `stream[i] = pattern[i % PATTERN_LEN]`.
-pub(crate) fn pattern() -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..PATTERN_LEN)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+/// The test stream's bytes: `stream[i] = pattern[i % PATTERN_LEN]`. Made once per
+/// process and shared by every node (a simulation run used to spend a percent of its
+/// time making two copies).
+pub(crate) fn pattern() -> &'static [u8] {
+    static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut x: u32 = 0x1234_5678;
+        (0..PATTERN_LEN)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    })
 }

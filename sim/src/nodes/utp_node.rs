@@ -60,7 +60,7 @@ pub struct UtpNode {
     ep: Endpoint,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
-    pattern: Vec<u8>,
+    pattern: &'static [u8],
     failure: Option<String>,
 }
 
@@ -139,7 +139,13 @@ impl UtpNode {
                     let off = (s.written % PATTERN_LEN as u64) as usize;
                     let n = ((total - s.written).min((PATTERN_LEN - off) as u64)) as usize;
                     match self.ep.write(now, h, &self.pattern[off..off + n]) {
-                        Ok(k) => s.written += k as u64,
+                        Ok(k) => {
+                            s.written += k as u64;
+                            if k < n {
+                                // A short write: the send buffer is full.
+                                break;
+                            }
+                        }
                         Err(StreamError::WouldBlock) => break,
                         Err(_) => break,
                     }
@@ -213,7 +219,10 @@ impl Node for UtpNode {
             .sender
             .as_ref()
             .and_then(|s| s.spec.wake_at(s.handle.is_some(), s.shut));
-        [ep, app].into_iter().flatten().min()
+        match (ep, app) {
+            (Some(e), Some(a)) => Some(e.min(a)),
+            (e, a) => e.or(a),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -267,10 +276,10 @@ mod tests {
     fn pattern_check_detects_shifts_and_wraps() {
         let p = pattern();
         let stream: Vec<u8> = (0..200_000).map(|i| p[i % PATTERN_LEN]).collect();
-        assert!(matches_pattern(&p, 60_000, &stream[60_000..130_000]));
-        assert!(!matches_pattern(&p, 60_001, &stream[60_000..61_000]));
+        assert!(matches_pattern(p, 60_000, &stream[60_000..130_000]));
+        assert!(!matches_pattern(p, 60_001, &stream[60_000..61_000]));
         let mut bad = stream[1000..3000].to_vec();
         bad[1500] ^= 1;
-        assert!(!matches_pattern(&p, 1000, &bad));
+        assert!(!matches_pattern(p, 1000, &bad));
     }
 }

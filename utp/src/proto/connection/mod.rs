@@ -451,6 +451,12 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Whether an event waits for [`Connection::poll_event`].
+    #[cfg(debug_assertions)]
+    pub(crate) fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Whether the owner may forget this connection: closed and done lingering.
     pub(crate) fn is_released(&self) -> bool {
         // Received data the application has not read (and has not given up on with
@@ -1254,6 +1260,9 @@ impl Connection {
     ///
     /// Order: handshake packets, a RESET after abort, an ACK carrying a selective ACK,
     /// retransmissions, new data, the FIN, and a plain ACK if one is still due.
+    ///
+    /// `None` changes nothing the endpoint tracks (events, timers, the state), so the
+    /// endpoint skips its bookkeeping then; debug builds check it.
     pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let n = self.next_packet(now, buf)?;
         self.stats.packets_sent += 1;
@@ -1517,17 +1526,19 @@ impl Connection {
     /// beyond a gap (B17).
     fn emit_control(&mut self, now: Instant, ty: PacketType, seq: SeqNr, buf: &mut [u8]) -> usize {
         let h = self.header(now, ty, seq);
+        let sack = ty == PacketType::State && self.recv.has_gap() && !self.peer_finished;
+        if !sack {
+            self.on_ack_sent();
+            return wire::encode(&h, &[], &[], buf).unwrap_or(0);
+        }
         let mut mask = [0u8; MAX_SACK_BYTES];
         let room = self
             .config
             .max_packet_size
             .saturating_sub(wire::HEADER_LEN + 2);
-        let sack_len = if ty == PacketType::State && self.recv.has_gap() && !self.peer_finished {
-            self.recv
-                .selective_ack(&mut mask[..room.min(MAX_SACK_BYTES)])
-        } else {
-            0
-        };
+        let sack_len = self
+            .recv
+            .selective_ack(&mut mask[..room.min(MAX_SACK_BYTES)]);
         let n = if sack_len > 0 {
             self.stats.sacks_sent += 1;
             let ext = [Extension::SelectiveAck(SelectiveAck::new(

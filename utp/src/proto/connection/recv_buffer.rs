@@ -137,11 +137,17 @@ impl RecvBuffer {
         let bits = self.early.len();
         let len = bits.div_ceil(32).max(1) * 4;
         let len = len.min(mask.len() / 4 * 4);
-        mask[..len].fill(0);
-        for (k, slot) in self.early.iter().enumerate().take(len * 8) {
-            if slot.is_some() {
-                mask[k / 8] |= 1 << (k % 8);
+        // A byte at a time: this runs for every ACK while packets are missing, over a
+        // reorder span of up to a thousand packets.
+        let mut slots = self.early.iter();
+        for byte in &mut mask[..len] {
+            let mut bits = 0u8;
+            for bit in 0..8 {
+                if slots.next().is_some_and(Option::is_some) {
+                    bits |= 1 << bit;
+                }
             }
+            *byte = bits;
         }
         len
     }
