@@ -169,6 +169,11 @@ pub struct Network {
     nodes: Vec<Box<dyn Node>>,
     /// Each node's timer slot in `calendar`.
     node_slot: Vec<usize>,
+    /// Each node's deadline as it last said. Its calendar slot may be due earlier (a
+    /// deadline that moved later is left where it was, and re-checked when it comes
+    /// due: a retransmission or delayed-ACK timer moves later with nearly every packet,
+    /// and this spares a re-sort each time), never later.
+    node_deadline: Vec<Option<Instant>>,
     /// Each link's slots in `calendar`.
     link_slots: Vec<LinkSlots>,
     /// What each calendar slot stands for.
@@ -217,6 +222,7 @@ impl Network {
             now: start,
             nodes: Vec::new(),
             node_slot: Vec::new(),
+            node_deadline: Vec::new(),
             link_slots: Vec::new(),
             sources: Vec::new(),
             calendar: TimerQueue::new(),
@@ -258,6 +264,7 @@ impl Network {
         self.last_route.push(None);
         let slot = self.add_source(Source::Timer(id));
         self.node_slot.push(slot);
+        self.node_deadline.push(None);
         self.hosts.insert(ip, id);
         self.wake(id);
         id
@@ -432,12 +439,16 @@ impl Network {
                     self.arrive(pkt);
                 }
             }
-            Source::Timer(n) => {
-                // The node's deadline has passed: wake moves the slot to the next one
-                // (or clears it).
-                self.nodes[n].handle_timeout(now);
-                self.wake(n);
-            }
+            Source::Timer(n) => match self.node_deadline[n] {
+                // The deadline moved later since the slot was set: only the slot moves.
+                Some(d) if d > now => self.schedule(slot, d),
+                None => self.calendar.remove(slot),
+                // It has passed: wake moves the slot to the next one (or clears it).
+                Some(_) => {
+                    self.nodes[n].handle_timeout(now);
+                    self.wake(n);
+                }
+            },
         }
     }
 
@@ -479,11 +490,15 @@ impl Network {
         }
         self.failed = self.failed || self.nodes[n].failure().is_some();
         let slot = self.node_slot[n];
-        match self.nodes[n].poll_timeout().map(|d| d.max(now)) {
-            // An unchanged deadline keeps its place among ties.
-            Some(d) if self.calendar.get(slot).is_some_and(|due| due.at() == d) => {}
-            Some(d) => self.schedule(slot, d),
-            None => self.calendar.remove(slot),
+        let deadline = self.nodes[n].poll_timeout().map(|d| d.max(now));
+        self.node_deadline[n] = deadline;
+        match (deadline, self.calendar.get(slot)) {
+            // Due no later than the deadline (an unchanged one keeps its place among
+            // ties): the slot stays, and fire() checks the deadline when it comes due.
+            (Some(d), Some(due)) if due.at() <= d => {}
+            (Some(d), _) => self.schedule(slot, d),
+            // Nothing to do: the slot, if set, fires once and is removed then.
+            (None, _) => {}
         }
     }
 
