@@ -9,6 +9,9 @@ use super::{pattern, PATTERN_LEN};
 use crate::engine::Node;
 use crate::metrics::FlowSample;
 
+/// Unsent bytes the sending application keeps queued beyond a congestion window.
+const UNSENT_MARGIN: usize = 64 * 1024;
+
 /// What a sending application does.
 #[derive(Clone, Debug)]
 pub struct UtpSendSpec {
@@ -135,12 +138,23 @@ impl UtpNode {
             if let Some(h) = s.handle {
                 let stop = s.spec.stop.is_some_and(|t| now >= t);
                 let total = s.spec.bytes.unwrap_or(u64::MAX);
-                while !stop && s.written < total {
+                // Keeps a congestion window and a margin of unsent data queued: the
+                // connection can never send more than a window before the next pump
+                // (after every datagram and timer), so it is never
+                // application-limited, and what it sends was written recently (still
+                // in cache) rather than up to a send buffer (1 MiB) earlier.
+                let (mut unsent, want) = self.ep.connection(h).map_or((0, 0), |c| {
+                    (c.unsent_bytes(), c.congestion().window() + UNSENT_MARGIN)
+                });
+                while !stop && s.written < total && unsent < want {
                     let off = (s.written % PATTERN_LEN as u64) as usize;
-                    let n = ((total - s.written).min((PATTERN_LEN - off) as u64)) as usize;
+                    let n = (total - s.written)
+                        .min((PATTERN_LEN - off) as u64)
+                        .min((want - unsent) as u64) as usize;
                     match self.ep.write(now, h, &self.pattern[off..off + n]) {
                         Ok(k) => {
                             s.written += k as u64;
+                            unsent += k;
                             if k < n {
                                 // A short write: the send buffer is full.
                                 break;

@@ -418,6 +418,13 @@ impl Connection {
         }
     }
 
+    /// Bytes written but not yet sent in any packet. A bulk sender that keeps a
+    /// congestion window's worth of them queued is never application-limited, and
+    /// its data is still in cache when it is packetised.
+    pub fn unsent_bytes(&self) -> usize {
+        self.send.unsent()
+    }
+
     /// Whether everything written has been acknowledged.
     pub fn is_flushed(&self) -> bool {
         self.send.is_empty()
