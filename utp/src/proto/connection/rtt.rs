@@ -38,11 +38,8 @@ impl RttEstimator {
             }
             Some(srtt) => {
                 let delta = srtt.abs_diff(sample);
-                let var = self.rtt_var.as_secs_f64()
-                    + (delta.as_secs_f64() - self.rtt_var.as_secs_f64()) / 4.0;
-                self.rtt_var = Duration::from_secs_f64(var.max(0.0));
-                let rtt = srtt.as_secs_f64() + (sample.as_secs_f64() - srtt.as_secs_f64()) / 8.0;
-                self.srtt = Some(Duration::from_secs_f64(rtt.max(0.0)));
+                self.rtt_var = moving_average(self.rtt_var, delta, 4);
+                self.srtt = Some(moving_average(srtt, sample, 8));
             }
         }
         let srtt = self.srtt.unwrap_or_default();
@@ -78,6 +75,14 @@ impl RttEstimator {
     pub fn rtt_var(&self) -> Duration {
         self.rtt_var
     }
+}
+
+/// `old + (new - old) / k`, exactly, rounded to the nearest nanosecond (halves up).
+/// Integer arithmetic: this runs for every RTT sample.
+fn moving_average(old: Duration, new: Duration, k: u128) -> Duration {
+    let sum = old.as_nanos() * (k - 1) + new.as_nanos();
+    let nanos = (sum + k / 2) / k;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -116,5 +121,15 @@ mod tests {
             e.on_timeout();
         }
         assert_eq!(e.rto(), 60_000 * MS, "capped");
+    }
+
+    #[test]
+    fn averages_round_to_the_nearest_nanosecond() {
+        let ns = Duration::from_nanos;
+        assert_eq!(moving_average(ns(0), ns(10), 4), ns(3), "2.5 rounds up");
+        assert_eq!(moving_average(ns(10), ns(0), 4), ns(8), "7.5 rounds up");
+        assert_eq!(moving_average(ns(100), ns(105), 8), ns(101), "100.625");
+        let long = Duration::from_secs(3600);
+        assert_eq!(moving_average(long, long, 8), long);
     }
 }
