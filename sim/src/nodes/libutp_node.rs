@@ -18,7 +18,7 @@
 //! process-global statics); sweeps run each simulation on its own thread.
 
 use core::time::Duration;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use utp::wire::{Packet, PacketType, SeqNr};
@@ -40,8 +40,8 @@ struct Sender {
     shut: bool,
     /// Highest DATA seq_nr sent (None before the first).
     highest_sent: Option<SeqNr>,
-    /// Payload bytes of each DATA packet sent and not yet cumulatively acknowledged.
-    unacked: HashMap<u16, usize>,
+    /// Payload bytes of each DATA packet sent and not yet acknowledged.
+    unacked: Unacked,
     in_flight: u64,
     retransmits: u64,
 }
@@ -57,6 +57,52 @@ struct Receiver {
 /// Room for any datagram libutp writes (its packets stay below 1.5 KB; a larger one
 /// would be reported as a failure, not truncated).
 const LIBUTP_MAX_DATAGRAM: usize = 2048;
+
+/// The payload size of every DATA packet libutp sent and the peer has not yet
+/// acknowledged, by seq_nr: a window from the oldest, so an ACK costs what it
+/// acknowledges, not a pass over everything in flight (which took a sixth of a
+/// simulation's time at 10 Mbit/s).
+#[derive(Debug, Default)]
+struct Unacked {
+    /// The seq_nr of `lens[0]`.
+    base: SeqNr,
+    /// `None`: acknowledged selectively (or never sent).
+    lens: VecDeque<Option<usize>>,
+}
+
+impl Unacked {
+    /// Records packet `seq`; returns whether it was not already waiting.
+    fn insert(&mut self, seq: SeqNr, len: usize) -> bool {
+        if self.lens.is_empty() {
+            self.base = seq;
+        }
+        let at = usize::from(seq.0.wrapping_sub(self.base.0));
+        if at >= 1 << 15 {
+            // Before the window: acknowledged already.
+            return false;
+        }
+        if at >= self.lens.len() {
+            self.lens.resize(at + 1, None);
+        }
+        self.lens[at].replace(len).is_none()
+    }
+
+    /// Forgets every packet up to and including `ack`; returns their bytes.
+    fn ack_through(&mut self, ack: SeqNr) -> u64 {
+        let mut acked = 0;
+        while !self.lens.is_empty() && !self.base.is_after(ack) {
+            acked += self.lens.pop_front().flatten().unwrap_or(0) as u64;
+            self.base = SeqNr(self.base.0.wrapping_add(1));
+        }
+        acked
+    }
+
+    /// Forgets packet `seq` (selectively acknowledged); returns its bytes.
+    fn remove(&mut self, seq: SeqNr) -> u64 {
+        let at = usize::from(seq.0.wrapping_sub(self.base.0));
+        self.lens.get_mut(at).and_then(Option::take).unwrap_or(0) as u64
+    }
+}
 
 /// A host with one libutp context (one address) and its applications.
 pub struct LibutpNode {
@@ -98,7 +144,7 @@ impl LibutpNode {
             written: 0,
             shut: false,
             highest_sent: None,
-            unacked: HashMap::new(),
+            unacked: Unacked::default(),
             in_flight: 0,
             retransmits: 0,
         });
@@ -230,7 +276,7 @@ impl LibutpNode {
         } else {
             s.highest_sent = Some(seq);
         }
-        if s.unacked.insert(seq.0, p.payload.len()).is_none() {
+        if s.unacked.insert(seq, p.payload.len()) {
             s.in_flight += p.payload.len() as u64;
         }
     }
@@ -238,23 +284,14 @@ impl LibutpNode {
     fn observe_received(&mut self, data: &[u8]) {
         let Some(s) = &mut self.sender else { return };
         let Ok(p) = Packet::decode(data) else { return };
-        if s.unacked.is_empty() {
+        if s.unacked.lens.is_empty() {
             return;
         }
         let ack = p.header.ack_nr;
-        let mut acked = 0;
-        s.unacked.retain(|&seq, len| {
-            let done = !SeqNr(seq).is_after(ack);
-            if done {
-                acked += *len as u64;
-            }
-            !done
-        });
+        let mut acked = s.unacked.ack_through(ack);
         if let Some(sack) = p.selective_ack() {
             for seq in sack.acked(ack) {
-                if let Some(len) = s.unacked.remove(&seq.0) {
-                    acked += len as u64;
-                }
+                acked += s.unacked.remove(seq);
             }
         }
         s.in_flight = s.in_flight.saturating_sub(acked);
