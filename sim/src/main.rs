@@ -142,6 +142,13 @@ fn load(name: &str) -> Result<Scenario, String> {
 }
 
 fn main() -> ExitCode {
+    // `utp-sim list | head` ends quietly, as Unix tools do, instead of panicking on
+    // the closed pipe (Rust ignores SIGPIPE, so println! would fail).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: restores the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("soak") {
         return soak_main(&args[1..]);

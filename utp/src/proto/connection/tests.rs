@@ -1599,3 +1599,34 @@ fn early_loss_does_not_shrink_packets() {
         "full-size packets after the loss"
     );
 }
+
+// The application can see how much it has written that is not yet in any packet: a
+// bulk sender keeps a window of it queued (the simulator's does) instead of filling
+// the whole send buffer. A retransmission does not count: it was sent once.
+#[test]
+fn unsent_bytes_counts_what_no_packet_carried_yet() {
+    let mut s = Script::fixed();
+    let h = connected_initiator(&mut s, 10, 1, 100);
+    assert_eq!(s.conn(h).unsent_bytes(), 0);
+    let now = s.now;
+    assert_eq!(s.ep.write(now, h, &[1u8; 20_000]), Ok(20_000));
+    assert_eq!(s.conn(h).unsent_bytes(), 20_000);
+    assert_eq!(s.sent().len(), 8, "a window of 8 packets");
+    assert_eq!(s.conn(h).unsent_bytes(), 20_000 - 8 * 1380);
+    // Packet 11 is lost (three duplicate ACKs of 10): its resend takes nothing new.
+    for _ in 0..3 {
+        let dup = s.header(PacketType::State, 1, 100, 10);
+        s.recv(dup, &[], &[]);
+    }
+    assert_eq!(s.sent().len(), 1);
+    assert_eq!(s.conn(h).unsent_bytes(), 20_000 - 8 * 1380);
+    // Everything acknowledged: the window moves on, the rest goes out.
+    let ack = s.header(PacketType::State, 1, 100, 18);
+    s.recv(ack, &[], &[]);
+    let rest = s.sent();
+    assert_eq!(
+        rest.iter().map(|o| o.payload.len()).sum::<usize>(),
+        20_000 - 8 * 1380
+    );
+    assert_eq!(s.conn(h).unsent_bytes(), 0);
+}
