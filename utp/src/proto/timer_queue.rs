@@ -77,13 +77,18 @@ impl<K: Ord + Copy> TimerQueue<K> {
     }
 
     /// Makes `slot` pending with `key`, replacing its key if it had one.
+    #[inline]
     pub fn set(&mut self, slot: usize, key: K) {
-        if let Repr::Linear(l) = &mut self.repr {
-            if slot < LINEAR_SLOTS {
-                l.set(slot, key);
-                return;
-            }
-            // Too many slots to scan: from now on, a heap.
+        match &mut self.repr {
+            Repr::Linear(l) if slot < LINEAR_SLOTS => l.set(slot, key),
+            _ => self.set_in_heap(slot, key),
+        }
+    }
+
+    /// [`TimerQueue::set`] past the scanned slots: turns the array into a heap first.
+    #[inline(never)]
+    fn set_in_heap(&mut self, slot: usize, key: K) {
+        if let Repr::Linear(l) = &self.repr {
             let mut h = Heap {
                 heap: Vec::new(),
                 pos: Vec::new(),
@@ -123,17 +128,18 @@ impl<K: Ord + Copy> Linear<K> {
         (slot < self.keys.len() && self.pending & (1 << slot) != 0).then(|| self.keys[slot])
     }
 
+    #[inline]
     fn set(&mut self, slot: usize, key: K) {
         if slot >= self.keys.len() {
             self.keys.resize(slot + 1, key);
         }
-        let was = self.get(slot);
-        self.keys[slot] = key;
+        let old = std::mem::replace(&mut self.keys[slot], key);
         self.pending |= 1 << slot;
         match self.earliest {
-            // The earliest moved later: another may be earlier now.
+            // The earliest moved later: another may be earlier now. (The earliest
+            // slot is pending, so `old` is its key.)
             Some(e) if e == slot => {
-                if was.is_some_and(|old| key > old) {
+                if key > old {
                     self.rescan();
                 }
             }
