@@ -570,6 +570,9 @@ impl Endpoint {
     /// Runs a read on `h`'s connection. A read that finds nothing changes nothing the
     /// endpoint tracks (no event, no timer, nothing to send): it skips the bookkeeping,
     /// which a reader polling after every datagram would otherwise pay twice per packet.
+    /// One that returns data may only have made an ACK due (the window reopened): the
+    /// connection is queued to send, nothing else (debug builds check it). End of
+    /// stream and errors get the whole bookkeeping.
     fn read_op(
         &mut self,
         h: ConnectionHandle,
@@ -579,8 +582,17 @@ impl Endpoint {
             return Err(StreamError::Closed);
         };
         let result = op(&mut slot.conn);
-        if result != Err(StreamError::WouldBlock) {
-            self.update(h.index, true);
+        match result {
+            Err(StreamError::WouldBlock) => {}
+            Ok(n) if n > 0 => {
+                if !slot.queued {
+                    slot.queued = true;
+                    self.transmit_queue.push_back(h.index);
+                }
+                #[cfg(debug_assertions)]
+                self.assert_up_to_date(h.index);
+            }
+            _ => self.update(h.index, true),
         }
         result
     }

@@ -27,15 +27,18 @@ pub(crate) enum Timer {
 
 const COUNT: usize = 9;
 
-/// Deadlines indexed by [`Timer`], in microseconds, with a bit per armed timer.
+/// Deadlines indexed by [`Timer`], in microseconds, with a bit per armed timer and
+/// the earliest deadline.
 ///
 /// An unarmed timer holds `u64::MAX`, so the earliest deadline is a plain minimum over
-/// the array (asked after every packet); the bits tell an unarmed timer from one armed
-/// at the end of time.
+/// the array; it is kept up to date as timers move (asked after every packet, it
+/// changes less often), and the bits tell an unarmed timer from one armed at the end
+/// of time.
 #[derive(Clone, Debug)]
 pub(crate) struct TimerTable {
     deadlines: [u64; COUNT],
     armed: u16,
+    earliest: u64,
 }
 
 impl Default for TimerTable {
@@ -43,6 +46,7 @@ impl Default for TimerTable {
         TimerTable {
             deadlines: [u64::MAX; COUNT],
             armed: 0,
+            earliest: u64::MAX,
         }
     }
 }
@@ -50,14 +54,25 @@ impl Default for TimerTable {
 impl TimerTable {
     /// Arms `timer` to fire at `at`, replacing any earlier deadline.
     pub fn set(&mut self, timer: Timer, at: Instant) {
-        self.deadlines[timer as usize] = at.as_micros();
+        self.replace(timer, at.as_micros());
         self.armed |= 1 << timer as u16;
     }
 
     /// Disarms `timer`.
     pub fn stop(&mut self, timer: Timer) {
-        self.deadlines[timer as usize] = u64::MAX;
+        self.replace(timer, u64::MAX);
         self.armed &= !(1 << timer as u16);
+    }
+
+    /// Gives `timer` the deadline `at` and keeps `earliest` right.
+    fn replace(&mut self, timer: Timer, at: u64) {
+        let old = std::mem::replace(&mut self.deadlines[timer as usize], at);
+        if at <= self.earliest {
+            self.earliest = at;
+        } else if old == self.earliest {
+            // The earliest moved later (or went): look again.
+            self.earliest = self.deadlines.iter().copied().fold(u64::MAX, u64::min);
+        }
     }
 
     /// When `timer` fires, if armed.
@@ -78,8 +93,11 @@ impl TimerTable {
 
     /// The earliest deadline of all armed timers.
     pub fn next(&self) -> Option<Instant> {
-        let earliest = self.deadlines.iter().copied().fold(u64::MAX, u64::min);
-        (self.armed != 0).then_some(Instant::from_micros(earliest))
+        debug_assert_eq!(
+            self.earliest,
+            self.deadlines.iter().copied().fold(u64::MAX, u64::min)
+        );
+        (self.armed != 0).then_some(Instant::from_micros(self.earliest))
     }
 
     /// Disarms and returns the first timer whose deadline is at or before `now`.
