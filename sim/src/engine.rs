@@ -7,9 +7,9 @@
 //!
 //! The sources that always have at most one next event and move it with nearly every
 //! packet (each node's timer, each link's serialiser and the head of each link's wire)
-//! keep it in a calendar slot (a [`TimerQueue`] entry, moved in place); one-off events (a packet that
-//! overtakes on the wire, a duplicate, a link change, a sample) go to the event heap.
-//! The next event is the earlier of the two heads.
+//! keep it in a calendar slot (a [`TimerQueue`] entry, moved in place); one-off events
+//! (a packet that overtakes on the wire, a duplicate, a link change, a sample) go to
+//! the event heap. The next event is the earlier of the two heads.
 
 use core::time::Duration;
 use std::cmp::Reverse;

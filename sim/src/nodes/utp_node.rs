@@ -179,7 +179,7 @@ impl UtpNode {
                 loop {
                     // Checked in place, where the endpoint holds the bytes.
                     let mut intact = true;
-                    let pattern = &self.pattern;
+                    let pattern = self.pattern;
                     let at = *offset;
                     let read = self.ep.read_with(now, *h, usize::MAX, |data| {
                         intact = matches_pattern(pattern, at, data);
