@@ -149,11 +149,71 @@ pub struct LinkChange {
     pub down: bool,
 }
 
+/// The bytes of every datagram in flight, in one arena of equal slots: nodes write
+/// straight into a slot, so a datagram is never copied in flight, and the slots in use
+/// stay close together (the most recently freed is reused first).
+#[derive(Debug, Default)]
+struct Buffers {
+    bytes: Vec<u8>,
+    /// Bytes per slot: the largest datagram any node writes, rounded up to a cache
+    /// line.
+    stride: usize,
+    free: Vec<usize>,
+}
+
+impl Buffers {
+    /// Makes every slot hold at least `size` bytes (moving the slots if they grow).
+    fn fit(&mut self, size: usize) {
+        let stride = size.div_ceil(64) * 64;
+        if stride <= self.stride {
+            return;
+        }
+        let slots = self.bytes.len() / self.stride.max(1);
+        let mut bytes = vec![0u8; slots * stride];
+        for i in 0..slots {
+            bytes[i * stride..i * stride + self.stride]
+                .copy_from_slice(&self.bytes[i * self.stride..(i + 1) * self.stride]);
+        }
+        self.bytes = bytes;
+        self.stride = stride;
+    }
+
+    /// A free slot.
+    fn take(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            let slot = self.bytes.len() / self.stride.max(1);
+            self.bytes.resize(self.bytes.len() + self.stride, 0);
+            slot
+        })
+    }
+
+    fn give(&mut self, slot: usize) {
+        self.free.push(slot);
+    }
+
+    /// The first `len` bytes of `slot`.
+    fn get(&self, slot: usize, len: usize) -> &[u8] {
+        &self.bytes[slot * self.stride..slot * self.stride + len]
+    }
+
+    /// All of `slot`, to write a datagram into.
+    fn get_mut(&mut self, slot: usize) -> &mut [u8] {
+        &mut self.bytes[slot * self.stride..(slot + 1) * self.stride]
+    }
+
+    /// Copies the first `len` bytes of slot `from` into slot `to`.
+    fn copy(&mut self, from: usize, to: usize, len: usize) {
+        self.bytes.copy_within(
+            from * self.stride..from * self.stride + len,
+            to * self.stride,
+        );
+    }
+}
+
 #[derive(Debug)]
 struct Packet {
-    /// A pool buffer of `Network::buf_size` bytes (or more); the datagram is the first
-    /// `len`. Nodes write straight into it, so a datagram is never copied in flight.
-    data: Vec<u8>,
+    /// Its slot in [`Buffers`]; the datagram is the slot's first `len` bytes.
+    data: usize,
     len: usize,
     from: SocketAddr,
     to: SocketAddr,
@@ -198,10 +258,7 @@ pub struct Network {
     order: u64,
     packets: Vec<Option<Packet>>,
     free_packets: Vec<usize>,
-    /// Free datagram buffers, each at least `buf_size` long (zeroed once, when made).
-    pool: Vec<Vec<u8>>,
-    /// The largest datagram any node writes.
-    buf_size: usize,
+    buffers: Buffers,
     changes: Vec<LinkChange>,
     sample_every: Option<Duration>,
     /// Samples taken so far, by the sampler.
@@ -238,8 +295,7 @@ impl Network {
             order: 0,
             packets: Vec::new(),
             free_packets: Vec::new(),
-            pool: Vec::new(),
-            buf_size: 0,
+            buffers: Buffers::default(),
             changes: Vec::new(),
             sample_every: None,
             samples: crate::metrics::Recorder::default(),
@@ -258,7 +314,7 @@ impl Network {
     /// Adds a node reachable at `ip`; returns its id.
     pub fn add_node(&mut self, ip: IpAddr, node: Box<dyn Node>) -> NodeId {
         let id = self.nodes.len();
-        self.buf_size = self.buf_size.max(node.max_datagram());
+        self.buffers.fit(node.max_datagram());
         self.nodes.push(node);
         self.last_route.fill(None);
         self.last_route.push(None);
@@ -479,11 +535,11 @@ impl Network {
     fn wake(&mut self, n: NodeId) {
         let now = self.now;
         loop {
-            let mut buf = self.take_buffer();
-            match self.nodes[n].poll_transmit(now, &mut buf) {
+            let buf = self.buffers.take();
+            match self.nodes[n].poll_transmit(now, self.buffers.get_mut(buf)) {
                 Some((from, to, len)) => self.send(n, from, to, buf, len),
                 None => {
-                    self.pool.push(buf);
+                    self.buffers.give(buf);
                     break;
                 }
             }
@@ -502,18 +558,10 @@ impl Network {
         }
     }
 
-    /// A free datagram buffer of at least `buf_size` bytes.
-    fn take_buffer(&mut self) -> Vec<u8> {
-        match self.pool.pop() {
-            Some(buf) if buf.len() >= self.buf_size => buf,
-            _ => vec![0u8; self.buf_size],
-        }
-    }
-
-    /// Node `n` wrote a datagram: the first `len` bytes of `buf`.
-    fn send(&mut self, n: NodeId, from: SocketAddr, to: SocketAddr, buf: Vec<u8>, len: usize) {
+    /// Node `n` wrote a datagram: the first `len` bytes of slot `buf`.
+    fn send(&mut self, n: NodeId, from: SocketAddr, to: SocketAddr, buf: usize, len: usize) {
         if let Some(p) = &mut self.pcap {
-            p.record(self.now, from, to, &buf[..len]);
+            p.record(self.now, from, to, self.buffers.get(buf, len));
         }
         let routed = match self.last_route[n] {
             Some((ip, dst, route)) if ip == to.ip() => Some((dst, route)),
@@ -530,7 +578,7 @@ impl Network {
         };
         let Some((dst, route)) = routed else {
             self.unroutable += 1;
-            self.pool.push(buf);
+            self.buffers.give(buf);
             return;
         };
         self.datagrams += 1;
@@ -561,7 +609,7 @@ impl Network {
 
     fn free_packet(&mut self, id: usize) {
         if let Some(p) = self.packets[id].take() {
-            self.pool.push(p.data);
+            self.buffers.give(p.data);
             self.free_packets.push(id);
         }
     }
@@ -588,9 +636,9 @@ impl Network {
         let [first, dup] = self.links[l].propagate(self.now);
         if let Some(at) = dup {
             let copy = {
-                let mut data = self.take_buffer();
+                let data = self.buffers.take();
                 let p = self.packets[id].as_ref().expect("live packet");
-                data[..p.len].copy_from_slice(&p.data[..p.len]);
+                self.buffers.copy(p.data, data, p.len);
                 Packet {
                     data,
                     len: p.len,
@@ -631,8 +679,38 @@ impl Network {
         };
         self.free_packets.push(id);
         let n = p.dst;
-        self.nodes[n].handle_datagram(self.now, p.from, p.to, &p.data[..p.len]);
+        let data = self.buffers.get(p.data, p.len);
+        self.nodes[n].handle_datagram(self.now, p.from, p.to, data);
         self.wake(n);
-        self.pool.push(p.data);
+        self.buffers.give(p.data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots hold what was written into them; the most recently freed is reused
+    /// first; a node with larger datagrams added later widens every slot, keeping
+    /// the bytes of those in use.
+    #[test]
+    fn buffers_keep_their_bytes_when_slots_widen() {
+        let mut b = Buffers::default();
+        b.fit(100);
+        assert_eq!(b.stride, 128, "a whole number of cache lines");
+        let (x, y) = (b.take(), b.take());
+        b.get_mut(x)[..3].copy_from_slice(b"abc");
+        b.get_mut(y)[..3].copy_from_slice(b"xyz");
+        b.fit(1400);
+        assert_eq!(b.stride, 1408);
+        assert_eq!(b.get_mut(x).len(), 1408);
+        assert_eq!((b.get(x, 3), b.get(y, 3)), (&b"abc"[..], &b"xyz"[..]));
+        b.fit(64);
+        assert_eq!(b.stride, 1408, "never narrower");
+        let z = b.take();
+        b.copy(y, z, 3);
+        assert_eq!(b.get(z, 3), b"xyz");
+        b.give(x);
+        assert_eq!(b.take(), x, "the most recently freed first");
     }
 }
