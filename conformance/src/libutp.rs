@@ -573,6 +573,12 @@ impl LibutpPeer {
             // SAFETY: `ptr` is live and was initialised (connect or accept).
             unsafe { sys::utp_read_drained(ptr) };
             self.resume_panic();
+            // A window that opened from a small one is announced by a deferred ACK
+            // (libutp's `schedule_ack`): the next poll_transmit issues it. Without that
+            // it waited for the next datagram, and a sender that the small window had
+            // stopped sent none: both sides stalled until libutp's zero-window probe,
+            // seconds later (1 run in about 40 of a 3 MB transfer over loopback).
+            self.acks_pending = true;
         }
     }
 
