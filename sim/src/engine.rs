@@ -213,7 +213,7 @@ impl Buffers {
 #[derive(Debug)]
 struct Packet {
     /// Its slot in [`Buffers`]; the datagram is the slot's first `len` bytes.
-    data: usize,
+    buf: usize,
     len: usize,
     from: SocketAddr,
     to: SocketAddr,
@@ -583,7 +583,7 @@ impl Network {
         };
         self.datagrams += 1;
         let id = self.alloc_packet(Packet {
-            data: buf,
+            buf,
             len,
             from,
             to,
@@ -609,7 +609,7 @@ impl Network {
 
     fn free_packet(&mut self, id: usize) {
         if let Some(p) = self.packets[id].take() {
-            self.buffers.give(p.data);
+            self.buffers.give(p.buf);
             self.free_packets.push(id);
         }
     }
@@ -636,11 +636,11 @@ impl Network {
         let [first, dup] = self.links[l].propagate(self.now);
         if let Some(at) = dup {
             let copy = {
-                let data = self.buffers.take();
+                let buf = self.buffers.take();
                 let p = self.packets[id].as_ref().expect("live packet");
-                self.buffers.copy(p.data, data, p.len);
+                self.buffers.copy(p.buf, buf, p.len);
                 Packet {
-                    data,
+                    buf,
                     len: p.len,
                     from: p.from,
                     to: p.to,
@@ -679,10 +679,10 @@ impl Network {
         };
         self.free_packets.push(id);
         let n = p.dst;
-        let data = self.buffers.get(p.data, p.len);
+        let data = self.buffers.get(p.buf, p.len);
         self.nodes[n].handle_datagram(self.now, p.from, p.to, data);
         self.wake(n);
-        self.buffers.give(p.data);
+        self.buffers.give(p.buf);
     }
 }
 
